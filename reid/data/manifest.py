@@ -1,0 +1,151 @@
+"""The manifest: one typed row per image, the seam between layout parsers and everything downstream.
+
+Every layout parser (``reid.data.layouts.<name>.parse``) returns a :class:`Manifest`; nothing
+downstream knows which on-disk layout it came from. On disk a manifest is a CSV file with the
+header ``key,relpath,pid,camid,model_id,split``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from reid.io import atomic_write_text
+
+SPLITS = ("train", "query", "gallery")
+FIELDS = ("key", "relpath", "pid", "camid", "model_id", "split")
+_KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+class ManifestError(ValueError):
+    """A manifest file or row is malformed; the message names the file and line."""
+
+
+def key_from_relpath(relpath: str) -> str:
+    """Derive the stable sample key of an image from its path relative to the dataset root.
+
+    WebDataset groups tar members by the part of the basename before the first dot, so keys
+    hold only ``[A-Za-z0-9_-]``: ``/`` becomes ``__``, the extension is dropped and any other
+    character becomes ``-``. Example: ``train/0001/0001_c1_0.jpg`` -> ``train__0001__0001_c1_0``.
+    """
+    stem = relpath.rsplit(".", 1)[0] if "." in relpath.rsplit("/", 1)[-1] else relpath
+    return "__".join(_KEY_UNSAFE.sub("-", part) for part in stem.split("/"))
+
+
+@dataclass(frozen=True)
+class Row:
+    """One image of a dataset.
+
+    Attributes:
+        key: stable sample key (see :func:`key_from_relpath`), unique within a manifest.
+        relpath: image path relative to the dataset root, ``/``-separated.
+        pid: identity id (person or vehicle) as an int; unique across splits of one dataset
+            (parsers offset test pids past the train pids where the layout restarts them).
+        camid: camera id, int >= 0.
+        model_id: vehicle-model id, or -1 where unknown (person datasets).
+        split: one of ``train``, ``query``, ``gallery``.
+    """
+
+    key: str
+    relpath: str
+    pid: int
+    camid: int
+    model_id: int
+    split: str
+
+    def __post_init__(self) -> None:
+        if self.split not in SPLITS:
+            raise ManifestError(f"row {self.key!r}: split {self.split!r} is not one of {SPLITS}")
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """An ordered, immutable table of :class:`Row` for one dataset.
+
+    Attributes:
+        dataset: dataset name, e.g. ``msmt17``.
+        rows: the rows, in a deterministic order (parsers sort them).
+
+    Raises:
+        ManifestError: on duplicate keys.
+    """
+
+    dataset: str
+    rows: tuple[Row, ...]
+
+    def __post_init__(self) -> None:
+        seen: set[str] = set()
+        for row in self.rows:
+            if row.key in seen:
+                raise ManifestError(f"manifest {self.dataset!r}: duplicate key {row.key!r}")
+            seen.add(row.key)
+
+    def split(self, name: str) -> tuple[Row, ...]:
+        """Rows of one split, in manifest order. Raises ``ManifestError`` for an unknown split."""
+        if name not in SPLITS:
+            raise ManifestError(f"unknown split {name!r}; expected one of {SPLITS}")
+        return tuple(r for r in self.rows if r.split == name)
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        """Per split: number of images, pids, cameras and vehicle models (``model_id >= 0``)."""
+        out: dict[str, dict[str, int]] = {}
+        for name in SPLITS:
+            rows = self.split(name)
+            out[name] = {
+                "images": len(rows),
+                "pids": len({r.pid for r in rows}),
+                "camids": len({r.camid for r in rows}),
+                "models": len({r.model_id for r in rows if r.model_id >= 0}),
+            }
+        return out
+
+    def to_csv(self) -> str:
+        """Serialise to CSV text with the header ``key,relpath,pid,camid,model_id,split``."""
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(FIELDS)
+        for r in self.rows:
+            writer.writerow((r.key, r.relpath, r.pid, r.camid, r.model_id, r.split))
+        return buf.getvalue()
+
+    def write(self, path: str | Path) -> None:
+        """Write the CSV atomically (temp file, then rename)."""
+        atomic_write_text(path, self.to_csv())
+
+    @classmethod
+    def read(cls, path: str | Path, dataset: str | None = None) -> "Manifest":
+        """Read a manifest CSV written by :meth:`write`.
+
+        Raises:
+            ManifestError: naming the file and line of a bad header, a wrong field count,
+                a non-integer pid/camid/model_id, an unknown split or a duplicate key.
+        """
+        path = Path(path)
+        with path.open(newline="") as fh:
+            reader = csv.reader(fh)
+            header = next(reader, None)
+            if header is None or tuple(header) != FIELDS:
+                raise ManifestError(f"{path}:1: header must be {','.join(FIELDS)}, got {header}")
+            rows = []
+            for lineno, fields in enumerate(reader, start=2):
+                rows.append(_parse_row(path, lineno, fields))
+        return cls(dataset=dataset or path.stem, rows=tuple(rows))
+
+
+def _parse_row(path: Path, lineno: int, fields: Sequence[str]) -> Row:
+    if len(fields) != len(FIELDS):
+        raise ManifestError(f"{path}:{lineno}: expected {len(FIELDS)} fields, got {len(fields)}")
+    key, relpath, pid, camid, model_id, split = fields
+    try:
+        return Row(key, relpath, int(pid), int(camid), int(model_id), split)
+    except ValueError as err:
+        raise ManifestError(f"{path}:{lineno}: {err}") from None
+
+
+def contiguous_labels(pids: Iterable[int]) -> dict[int, int]:
+    """Map each distinct pid to a contiguous train label ``0..n-1`` in ascending pid order."""
+    return {pid: i for i, pid in enumerate(sorted(set(pids)))}
