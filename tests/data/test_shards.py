@@ -1,0 +1,308 @@
+"""Tests for reid.data.shards: WebDataset tars, DALI .idx files and shards.json."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tarfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from reid.data.manifest import SPLITS, Manifest, Row, key_from_relpath
+from reid.data.shards import SHARDS_JSON, ShardsError, ShardsIndex, write_shards
+
+TARGET = 20480  # two tar records: several small samples per shard
+LONG_DIR = "d" * 120  # a member name over 100 chars needs a PAX header
+
+
+def _make_dataset(root: Path) -> Manifest:
+    """~50 tiny JPEGs of varying size over 3 splits, one long name, one image > TARGET."""
+    rng = np.random.default_rng(0)
+    rows = []
+    plan = {"train": 26, "query": 14, "gallery": 12}
+    for split, n in plan.items():
+        for i in range(n):
+            pid = 100 + i % 5 if split == "train" else 200 + i % 3
+            rel = f"{split}/{pid:04d}/{pid:04d}_c{i % 3}_{i:03d}.jpg"
+            if split == "train" and i == 7:
+                rel = f"{split}/{LONG_DIR}/{pid:04d}_{i:03d}.jpg"
+            size = (96, 96) if split == "gallery" and i == 5 else (8 + 4 * (i % 5), 8 + 2 * (i % 7))
+            path = root / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            pixels = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(path, quality=100 if size == (96, 96) else 85)
+            rows.append(Row(key_from_relpath(rel), rel, pid, i % 3, i % 4 if split != "train" else -1, split))
+    return Manifest("toy", tuple(rows))
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    base = tmp_path_factory.mktemp("shards")
+    images = base / "images"
+    manifest = _make_dataset(images)
+    out = base / "out"
+    index = write_shards(manifest, images, out, TARGET)
+    return manifest, images, out, index
+
+
+def _expected(manifest: Manifest, images: Path, split: str):
+    return [
+        (r.key, (images / r.relpath).read_bytes(),
+         {"key": r.key, "relpath": r.relpath, "pid": r.pid, "camid": r.camid,
+          "model_id": r.model_id, "split": r.split})
+        for r in manifest.split(split)
+    ]
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def test_layout_several_shards_per_split(built):
+    manifest, _, out, index = built
+    names = sorted(p.name for p in out.iterdir())
+    assert SHARDS_JSON in names
+    assert not [n for n in names if n.endswith(".tmp") or n.startswith(".")]
+    for split in SPLITS:
+        tars = [s.name for s in index.shards if s.split == split]
+        assert tars == [f"{split}-{i:06d}.tar" for i in range(len(tars))]
+        assert all(t[:-4] + ".idx" in names for t in tars)
+        assert len(tars) >= 2, split
+    assert set(names) == {SHARDS_JSON} | {s.name for s in index.shards} | {s.index for s in index.shards}
+    assert len(index) == len(manifest.rows)
+
+
+def test_round_trip_webdataset(built):
+    import webdataset as wds
+
+    manifest, images, _, index = built
+    for split in SPLITS:
+        urls = [str(p) for p in index.shard_paths(split)]
+        got = [(s["__key__"], s["jpg"], json.loads(s["json"]))
+               for s in wds.WebDataset(urls, shardshuffle=False, empty_check=False)]
+        assert got == _expected(manifest, images, split), split
+
+
+def test_round_trip_read_jpeg_and_labels(built):
+    manifest, images, out, index = built
+    loaded = ShardsIndex.load(out)
+    for split in SPLITS:
+        exp = _expected(manifest, images, split)
+        assert loaded.keys(split) == [k for k, _, _ in exp]
+        assert loaded.pids(split) == [lab["pid"] for _, _, lab in exp]
+        for key, jpg, lab in exp:
+            assert loaded.read_jpeg(key) == jpg
+            assert loaded.labels(key) == {k: v for k, v in lab.items() if k != "relpath"}
+    summary = loaded.summary()
+    assert all(f"{sp} {len(manifest.split(sp))} samples" in summary for sp in SPLITS)
+    with pytest.raises(KeyError, match="nope"):
+        loaded.read_jpeg("nope")
+    loaded.verify()
+
+
+def test_read_jpeg_threads_with_evicting_cache(built):
+    manifest, images, out, _ = built
+    loaded = ShardsIndex.load(out, max_open_files=2)  # 8 shards -> constant eviction
+    keys = [r.key for r in manifest.rows] * 4
+    want = {r.key: (images / r.relpath).read_bytes() for r in manifest.rows}
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(loaded.read_jpeg, keys))
+    assert got == [want[k] for k in keys]
+    loaded.close()
+    assert loaded.read_jpeg(keys[0]) == want[keys[0]]  # reopens after close
+
+
+def test_round_trip_dali_with_index_files(built):
+    from nvidia.dali import fn, pipeline_def
+
+    manifest, images, _, index = built
+    for split in SPLITS:
+        exp = _expected(manifest, images, split)
+        tars = [str(p) for p in index.shard_paths(split)]
+        idxs = [str(p) for p in index.index_paths(split)]
+
+        @pipeline_def(batch_size=len(exp), num_threads=1, device_id=None, seed=0)
+        def pipe():
+            jpg, lab = fn.readers.webdataset(
+                paths=tars, index_paths=idxs, ext=["jpg", "json"],
+                missing_component_behavior="error", random_shuffle=False, name="reader",
+            )
+            return jpg, lab
+
+        p = pipe()
+        p.build()
+        assert p.epoch_size("reader") == len(exp)
+        jpgs, labels = p.run()
+        got = []
+        for i in range(len(exp)):
+            lab = json.loads(np.array(labels[i]).tobytes())
+            source = jpgs[i].source_info()  # "<tar>:<offset>:<member name>"
+            assert source.endswith(f":{lab['key']}.jpg")
+            got.append((lab["key"], np.array(jpgs[i]).tobytes(), lab))
+        assert got == exp, split
+        del p
+
+
+def test_idx_matches_dali_wds2idx_tool(built, tmp_path):
+    wds2idx = pytest.importorskip("wds2idx")
+    _, _, out, index = built
+    for info in index.shards:
+        ref = tmp_path / (info.name + ".ref.idx")
+        with wds2idx.IndexCreator(str(out / info.name), str(ref), verbose=False) as creator:
+            creator.create_index()
+        ours = (out / info.index).read_text()
+        assert ours == ref.read_text(), info.name
+        head = ours.splitlines()[0].split()
+        assert head == ["v1.2", str(info.count)]
+
+
+def test_idx_offsets_point_at_member_data(built):
+    _, _, out, index = built
+    info = index.shards[0]
+    lines = (out / info.index).read_text().splitlines()[1:]
+    raw = (out / info.name).read_bytes()
+    with tarfile.open(out / info.name) as tf:
+        members = {m.name: tf.extractfile(m).read() for m in tf}
+    for line in lines:
+        f = line.split()
+        assert len(f) == 8 and f[0] == "jpg" and f[4] == "json"
+        for ext, off, size, name in (f[0:4], f[4:8]):
+            assert name.endswith("." + ext) and int(off) % 512 == 0
+            assert raw[int(off): int(off) + int(size)] == members[name]
+
+
+def test_tar_headers_are_fixed(built):
+    _, _, out, index = built
+    with tarfile.open(out / index.shards[0].name) as tf:
+        for m in tf:
+            assert (m.mtime, m.uid, m.gid, m.uname, m.gname, m.mode) == (0, 0, 0, "root", "root", 0o444)
+            assert m.isreg()
+
+
+def test_byte_identical_output(built, tmp_path):
+    manifest, images, out, _ = built
+    again = tmp_path / "again"
+    write_shards(manifest, images, again, TARGET)
+    assert _digests(again) == _digests(out)
+    write_shards(manifest, images, again, TARGET)  # rewrite in place
+    assert _digests(again) == _digests(out)
+
+
+def test_shards_respect_target_bytes_greedily(built):
+    _, _, out, index = built
+    big = [s for s in index.shards if s.bytes > TARGET]
+    assert len(big) == 1 and big[0].count == 1 and big[0].split == "gallery"
+
+    def content(path: Path) -> list[int]:
+        """Bytes of each sample's members (headers + padded data), from the tar itself."""
+        with tarfile.open(path) as tf:
+            ms = list(tf)
+        sizes, start = [], 0
+        for jpg, js in zip(ms[::2], ms[1::2]):
+            end = js.offset_data + -(-js.size // 512) * 512
+            sizes.append(end - start)
+            start = end
+        return sizes
+
+    for split in SPLITS:
+        shards = [s for s in index.shards if s.split == split]
+        for cur, nxt in zip(shards, shards[1:]):
+            cur_sizes, nxt_sizes = content(out / cur.name), content(out / nxt.name)
+            assert cur.bytes == (out / cur.name).stat().st_size
+            assert cur.bytes <= TARGET or cur.count == 1
+            # greedy: the next shard's first sample would not have fit
+            with_next = sum(cur_sizes) + nxt_sizes[0] + 1024
+            assert -(-with_next // 10240) * 10240 > TARGET
+
+
+def test_shards_json_counts(built):
+    manifest, _, out, index = built
+    doc = json.loads((out / SHARDS_JSON).read_text())
+    assert doc["target_bytes"] == TARGET and doc["dataset"] == "toy"
+    rows = {r.key: r for r in manifest.rows}
+    assert set(doc["samples"]) == set(rows)
+    for rec in doc["shards"]:
+        with tarfile.open(out / rec["name"]) as tf:
+            names = [m.name for m in tf]
+        assert rec["count"] == len(names) // 2
+        assert rec["bytes"] == (out / rec["name"]).stat().st_size
+        assert rec["sha256"] == hashlib.sha256((out / rec["name"]).read_bytes()).hexdigest()
+        assert rec["index"] == rec["name"][:-4] + ".idx"
+        for n in names[::2]:
+            key = n[: -len(".jpg")]
+            shard, off, size, pid, camid, model_id, split = doc["samples"][key]
+            r = rows[key]
+            assert (shard, pid, camid, model_id, split) == (rec["name"], r.pid, r.camid, r.model_id, r.split)
+    for split in SPLITS:
+        tot = doc["splits"][split]
+        recs = [r for r in doc["shards"] if r["split"] == split]
+        assert tot == {"shards": len(recs), "samples": len(manifest.split(split)),
+                       "bytes": sum(r["bytes"] for r in recs)}
+
+
+def test_missing_image_names_path_and_leaves_no_catalogue(built, tmp_path):
+    manifest, images, _, _ = built
+    out = tmp_path / "out"
+    write_shards(manifest, images, out, TARGET)
+    bad = Row("ghost", "train/9999/ghost.jpg", 1, 0, -1, "train")
+    broken = Manifest("toy", manifest.rows[:3] + (bad,) + manifest.rows[3:])
+    with pytest.raises(ShardsError) as info:
+        write_shards(broken, images, out, TARGET)
+    assert str(images / "train/9999/ghost.jpg") in str(info.value)
+    assert not (out / SHARDS_JSON).exists()  # the old catalogue must not describe new tars
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+    with pytest.raises(ShardsError, match="shards.json"):
+        ShardsIndex.load(out)
+
+
+def test_stale_shards_removed(built, tmp_path):
+    manifest, images, _, _ = built
+    out = tmp_path / "out"
+    first = write_shards(manifest, images, out, TARGET)
+    (out / "notes.txt").write_text("keep me")
+    train_only = Manifest("toy", manifest.split("train"))
+    second = write_shards(train_only, images, out, 10 * 1024 * 1024)
+    assert len(first.shards) > 3
+    assert [s.name for s in second.shards] == ["train-000000.tar"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["notes.txt", SHARDS_JSON, "train-000000.tar", "train-000000.idx"])
+    assert second.keys("query") == [] and second.keys("train") == [r.key for r in manifest.split("train")]
+
+
+def test_load_and_verify_detect_damage(built, tmp_path):
+    manifest, images, _, _ = built
+    out = tmp_path / "out"
+    write_shards(manifest, images, out, TARGET)
+
+    victim = out / "train-000001.tar"
+    data = bytearray(victim.read_bytes())
+    data[600] ^= 0xFF  # inside the first jpg: same size, different hash
+    victim.write_bytes(bytes(data))
+    ShardsIndex.load(out)  # sizes still match
+    with pytest.raises(ShardsError, match="train-000001.tar: sha256"):
+        ShardsIndex.load(out).verify()
+
+    victim.write_bytes(bytes(data) + b"\0" * 512)
+    with pytest.raises(ShardsError, match=r"shards\.json.*train-000001\.tar.*recorded"):
+        ShardsIndex.load(out)
+
+    victim.unlink()
+    with pytest.raises(ShardsError, match=r"shards\.json.*train-000001\.tar is missing"):
+        ShardsIndex.load(out)
+
+    (out / SHARDS_JSON).write_text("{not json")
+    with pytest.raises(ShardsError, match=r"shards\.json.*not JSON"):
+        ShardsIndex.load(out)
+
+
+def test_bad_arguments(built, tmp_path):
+    manifest, images, _, _ = built
+    with pytest.raises(ValueError, match="target_bytes"):
+        write_shards(manifest, images, tmp_path / "o", 0)
+    dotted = Manifest("toy", (Row("a.b", manifest.rows[0].relpath, 1, 0, -1, "train"),))
+    with pytest.raises(ShardsError, match="a.b"):
+        write_shards(dotted, images, tmp_path / "o", TARGET)
