@@ -1,0 +1,95 @@
+"""``LayoutError`` and the small helpers the layout parsers use to raise it at a file and line.
+
+Every problem a parser finds in an on-disk dataset layout is reported as a :class:`LayoutError`
+whose message reads ``"<file>:<line>: <what>"`` (``"<file>: <what>"`` where no line applies, e.g. a
+missing list file), so the user can open the offending list file at the offending line.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PIL import Image
+
+
+class LayoutError(ValueError):
+    """A dataset folder does not follow its official layout.
+
+    Args:
+        file: the file (usually a list file) or folder the problem was found in.
+        line: 1-based line number in ``file``, or ``None`` where no line applies.
+        what: what is wrong, in words.
+
+    Attributes:
+        file, line, what: as given. ``str(err)`` is ``"<file>:<line>: <what>"``
+        (or ``"<file>: <what>"`` when ``line`` is ``None``).
+    """
+
+    def __init__(self, file: str | Path, line: int | None, what: str) -> None:
+        self.file = str(file)
+        self.line = line
+        self.what = what
+        loc = self.file if line is None else f"{self.file}:{line}"
+        super().__init__(f"{loc}: {what}")
+
+    def __reduce__(self):  # keep picklable (e.g. across Ray / multiprocessing workers)
+        return (type(self), (self.file, self.line, self.what))
+
+
+def read_list(path: Path) -> list[tuple[int, list[str]]]:
+    """Read a whitespace-separated list file.
+
+    Returns:
+        ``(lineno, fields)`` for every non-blank line, ``lineno`` 1-based; ``fields`` is the line
+        split on whitespace (so CRLF line ends and repeated blanks are tolerated).
+
+    Raises:
+        LayoutError: ``"<path>: missing list file"`` if ``path`` is not a file, or at the line that
+            is not valid UTF-8.
+    """
+    if not path.is_file():
+        raise LayoutError(path, None, "missing list file")
+    out: list[tuple[int, list[str]]] = []
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise LayoutError(path, lineno, f"line is not valid UTF-8 ({err})") from None
+            fields = text.split()
+            if fields:
+                out.append((lineno, fields))
+    return out
+
+
+def parse_id(path: Path, lineno: int, text: str, what: str) -> int:
+    """Parse a non-negative integer id field.
+
+    Returns:
+        the int value of ``text``.
+
+    Raises:
+        LayoutError: at ``path:lineno`` naming ``what`` if ``text`` is not a non-negative integer.
+    """
+    if not text.isascii() or not text.isdigit():
+        raise LayoutError(path, lineno, f"{what} {text!r} is not a non-negative integer")
+    return int(text)
+
+
+def check_image(path: Path, lineno: int, image: Path, verify: bool) -> None:
+    """Check that the image a list line names exists and (if ``verify``) that PIL can read it.
+
+    ``verify`` opens the file with PIL and calls ``Image.verify()`` (header/structure check; it
+    does not decode every pixel, so a JPEG truncated after its header may still pass).
+
+    Raises:
+        LayoutError: at ``path:lineno``, naming ``image``, if it is missing or unreadable.
+    """
+    if not image.is_file():
+        raise LayoutError(path, lineno, f"missing image {image}")
+    if verify:
+        try:
+            with Image.open(image) as im:
+                im.verify()
+        except Exception as err:  # PIL raises many types (UnidentifiedImageError, OSError, SyntaxError...)
+            raise LayoutError(path, lineno, f"unreadable image {image}: {err}") from None

@@ -1,0 +1,242 @@
+"""DeepSpeed training loop: P x K batches from the DALI loader, declared losses, per-epoch checkpoints.
+
+``train(spec) -> RunResult`` is a plain function: the DVC stage ``pipeline.train`` and (later) the
+Ray Tune trainable call the same one. It runs in every rank of a ``deepspeed``/``torchrun``
+launch; only rank 0 writes the model files and logs metrics.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+from tqdm import tqdm
+
+from reid.data.loaders.dali import AugmentConfig, DaliTrainLoader
+from reid.data.manifest import contiguous_labels
+from reid.data.samplers import PKSampler
+from reid.data.shards import ShardsIndex
+from reid.engine import checkpoint
+from reid.engine.criterion import Criterion
+from reid.engine.distributed import DistInfo, barrier, init_distributed
+from reid.engine.schedule import build_scheduler
+from reid.io import atomic_open, atomic_write_json
+from reid.models import build
+from reid.params import EngineParams, LoaderParams, LossParams, ModelParams, OptimParams, SamplerParams, flatten
+
+MODEL_WEIGHTS = "model.pt"
+MODEL_META = "model.json"
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """Everything one training run needs.
+
+    Attributes:
+        shards_dir: the dataset's shard folder (``shards.json`` + tars).
+        out_dir: run folder; receives ``checkpoints/``, ``model.pt`` and ``model.json``.
+        image_size: network input ``(height, width)`` in px.
+        sampler, loader, model, loss, optim, engine: the params sections of the same names.
+    """
+
+    shards_dir: Path
+    out_dir: Path
+    image_size: tuple[int, int]
+    sampler: SamplerParams
+    loader: LoaderParams
+    model: ModelParams
+    loss: LossParams
+    optim: OptimParams
+    engine: EngineParams
+
+    def training_params(self) -> dict:
+        """Flat ``section.key -> value`` of every setting that changes the trained weights."""
+        return flatten({
+            "image_size": list(self.image_size), "sampler": self.sampler.model_dump(),
+            "loader": self.loader.model_dump(), "model": self.model.model_dump(),
+            "loss": self.loss.model_dump(), "optim": self.optim.model_dump(),
+            "engine": self.engine.model_dump(exclude={"log_every"}),
+        })
+
+    def augment(self) -> AugmentConfig:
+        """The DALI training-pipeline settings."""
+        lp = self.loader
+        return AugmentConfig(image_size=tuple(self.image_size), mean=lp.mean, std=lp.std,
+                             flip_prob=lp.flip_prob, pad=lp.pad, num_threads=lp.num_threads,
+                             prefetch=lp.prefetch, hw_decoder_load=lp.hw_decoder_load)
+
+
+@dataclass
+class RunResult:
+    """Outcome of :func:`train`: the trained module (CPU, eval mode) and per-epoch logs."""
+
+    model: torch.nn.Module
+    num_classes: int
+    model_path: Path
+    history: list[dict] = field(default_factory=list)
+
+
+def _autocast(device: torch.device):
+    """bf16 autocast on GPU; fp32 (no autocast) on CPU."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _pipeline_seed(seed: int, epoch: int, rank: int) -> int:
+    """DALI seed of one (epoch, rank): augmentations are reproducible per epoch, so resume is exact."""
+    return zlib.crc32(f"{seed}/{epoch}/{rank}".encode()) & 0x7FFFFFFF
+
+
+def _deepspeed_config(spec: TrainSpec, device: torch.device) -> dict:
+    return {
+        "train_micro_batch_size_per_gpu": spec.sampler.p * spec.sampler.k,
+        "gradient_accumulation_steps": 1,
+        "gradient_clipping": spec.optim.grad_clip,
+        "zero_optimization": {"stage": spec.engine.zero_stage},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def _optimizer(model: torch.nn.Module, optim: OptimParams) -> torch.optim.Optimizer:
+    groups = model.param_groups(optim.lr)
+    if optim.name == "adam":
+        return torch.optim.Adam(groups, lr=optim.lr, weight_decay=optim.weight_decay)
+    return torch.optim.SGD(groups, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
+
+
+def train(spec: TrainSpec, resume: bool = False,
+          log_metrics: Optional[Callable[[dict, int], None]] = None,
+          stop_after_epochs: Optional[int] = None) -> RunResult:
+    """Train a model with DeepSpeed on the ``train`` split of ``spec.shards_dir``.
+
+    Args:
+        spec: the run's settings.
+        resume: continue from ``out_dir/checkpoints/latest``; the run then ends with the same
+            weights as an uninterrupted one.
+        log_metrics: called on rank 0 after each epoch with ``({name: value}, epoch)``
+            (1-based epoch); e.g. MLflow logging.
+        stop_after_epochs: stop after this many completed epochs (still checkpointing), as if
+            the job had been interrupted there.
+
+    Returns:
+        RunResult; rank 0 has also written ``out_dir/model.pt`` (state dict) and
+        ``out_dir/model.json`` (name, kwargs, num_classes, image_size, mean, std).
+
+    Raises:
+        CheckpointError: ``resume`` without a usable checkpoint, or with changed training params.
+        ShardsError: missing or corrupt shards.
+    """
+    import deepspeed
+
+    dist: DistInfo = init_distributed()
+    out_dir = Path(spec.out_dir)
+    ckpt_dir = out_dir / "checkpoints"
+    index = ShardsIndex.load(spec.shards_dir)
+    keys = index.keys("train")
+    pid_map = contiguous_labels(index.labels(k)["pid"] for k in keys)
+    labels = [pid_map[index.labels(k)["pid"]] for k in keys]
+    num_classes = len(pid_map)
+    sampler = PKSampler(labels, spec.sampler.p, spec.sampler.k, seed=spec.engine.seed,
+                        rank=dist.rank, world_size=dist.world_size)
+    steps = sampler.steps_per_epoch
+
+    torch.manual_seed(spec.engine.seed)
+    model = build(spec.model.name, num_classes, **spec.model.kwargs)
+    criterion = Criterion(model.losses, spec.loss.model_dump(), {"ce": {"num_classes": num_classes}})
+    optimizer = _optimizer(model, spec.optim)
+    scheduler = build_scheduler(optimizer, steps, spec.optim.warmup_epochs, spec.optim.warmup_factor,
+                                spec.optim.milestones, spec.optim.gamma)
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                           config=_deepspeed_config(spec, dist.device))
+    params = spec.training_params()
+    start_epoch, history = 0, []
+    if resume:
+        state = checkpoint.load(engine, ckpt_dir, params)
+        start_epoch, history = state["epoch"], state["history"]
+        torch.set_rng_state(state["rng"]["torch"])
+    end_epoch = spec.optim.epochs if stop_after_epochs is None else min(spec.optim.epochs, stop_after_epochs)
+
+    for epoch in range(start_epoch, end_epoch):
+        sampler.load_state_dict({**sampler.state_dict(), "epoch": epoch, "step": 0})
+        loader = DaliTrainLoader(index, keys, pid_map, sampler, spec.augment(),
+                                 seed=_pipeline_seed(spec.engine.seed, epoch, dist.rank), device=dist.device)
+        engine.train()
+        sums: dict[str, float] = {}
+        t0 = time.perf_counter()
+        bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{spec.optim.epochs}", disable=not dist.is_main,
+                   unit="step", dynamic_ncols=True)
+        for step in bar:
+            batch = next(loader)
+            with _autocast(dist.device):
+                outputs = engine(batch["images"])
+                loss, logs = criterion(outputs, batch)
+            engine.backward(loss)
+            engine.step()
+            for k, v in logs.items():
+                sums[k] = sums.get(k, 0.0) + v
+            img_s = (step + 1) * len(batch["keys"]) * dist.world_size / (time.perf_counter() - t0)
+            if step % spec.engine.log_every == 0 or step == steps - 1:
+                bar.set_postfix(loss=f"{logs['loss']:.3f}", img_s=f"{img_s:.0f}")
+        loader.close()
+        epoch_logs = {k: v / steps for k, v in sums.items()}
+        epoch_logs.update(img_per_s=img_s, lr=engine.get_lr()[0], epoch_seconds=time.perf_counter() - t0)
+        history.append({"epoch": epoch + 1, **epoch_logs})
+        checkpoint.save(engine, ckpt_dir, f"epoch-{epoch + 1:04d}", is_main=dist.is_main, client_state={
+            "epoch": epoch + 1, "history": history, "params": params,
+            "rng": {"torch": torch.get_rng_state()},
+        })
+        if dist.is_main and log_metrics is not None:
+            log_metrics(epoch_logs, epoch + 1)
+
+    module = engine.module
+    model_path = out_dir / MODEL_WEIGHTS
+    if dist.is_main:
+        save_model(module, out_dir, spec, num_classes)
+    barrier()
+    module = module.to("cpu").eval()
+    return RunResult(model=module, num_classes=num_classes, model_path=model_path, history=history)
+
+
+def save_model(module: torch.nn.Module, out_dir: Path, spec: TrainSpec, num_classes: int) -> None:
+    """Write ``model.pt`` (fp32 CPU state dict) and ``model.json`` (how to rebuild it) atomically."""
+    state = {k: v.detach().to("cpu", torch.float32) if v.is_floating_point() else v.detach().cpu()
+             for k, v in module.state_dict().items()}
+    with atomic_open(Path(out_dir) / MODEL_WEIGHTS) as fh:
+        torch.save(state, fh)
+    atomic_write_json(Path(out_dir) / MODEL_META, model_meta(spec, num_classes))
+
+
+def model_meta(spec: TrainSpec, num_classes: int) -> dict:
+    """What a loader needs to rebuild the trained model and its input transform."""
+    return {"name": spec.model.name, "kwargs": dict(spec.model.kwargs), "num_classes": num_classes,
+            "image_size": list(spec.image_size), "mean": list(spec.loader.mean), "std": list(spec.loader.std)}
+
+
+def load_model(run_dir: Path) -> tuple[torch.nn.Module, dict]:
+    """Rebuild a model saved by :func:`save_model` (weights loaded with ``weights_only=True``).
+
+    Returns:
+        (module in eval mode on CPU, meta dict from ``model.json``).
+
+    Raises:
+        FileNotFoundError: ``model.pt`` or ``model.json`` missing (names the path).
+        RuntimeError: the weights do not match the architecture in ``model.json``.
+    """
+    run_dir = Path(run_dir)
+    meta_path, weights_path = run_dir / MODEL_META, run_dir / MODEL_WEIGHTS
+    for p in (meta_path, weights_path):
+        if not p.is_file():
+            raise FileNotFoundError(f"{p}: not found (expected a trained model folder)")
+    meta = json.loads(meta_path.read_text())
+    model = build(meta["name"], meta["num_classes"], **meta["kwargs"])
+    model.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
+    return model.eval(), meta

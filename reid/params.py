@@ -1,0 +1,256 @@
+"""Typed schema of ``params.yaml``: one frozen pydantic model per section, unknown keys are errors.
+
+Only ``pipeline/`` reads ``params.yaml`` (through :func:`load_params`); library code receives the
+typed sections below. Every model forbids extra keys, so a typo fails with the dotted key named.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatasetParams(_Section):
+    """``datasets.<name>``: where a dataset lives and how to read it.
+
+    ``root`` is the dataset folder in its official layout (``MSMT17_V1``/``MSMT17_V2`` or
+    ``Vehicle-1M``), relative to the repository root or absolute. ``image_size`` is
+    ``[height, width]`` in pixels of the network input.
+    """
+
+    layout: Literal["msmt17", "vehicle1m"]
+    root: str
+    image_size: tuple[int, int]
+    test_set: Optional[str] = None
+    gallery_seed: int = 0
+    check_images: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> "DatasetParams":
+        if min(self.image_size) < 16:
+            raise ValueError(f"image_size must be >= 16 px per side, got {self.image_size}")
+        if self.layout == "vehicle1m" and not self.test_set:
+            raise ValueError("vehicle1m needs test_set (test_1000, test_2000, test_3000 or ...)")
+        return self
+
+
+class SynthMSMT17Params(_Section):
+    """``synthetic.msmt17``: size of the generated MSMT17_V1-layout dataset (``MSMT17SynthConfig``).
+
+    ``images_per_id_camera`` is an int or an inclusive ``[lo, hi]`` range; ``height``/``width`` px.
+    """
+
+    num_train_ids: int = Field(gt=0)
+    num_test_ids: int = Field(gt=0)
+    num_cameras: int = Field(ge=2)
+    cameras_per_id: Optional[int] = Field(default=None, ge=2)
+    images_per_id_camera: Union[int, tuple[int, int]]
+    val_every: int = Field(default=8, gt=0)
+    height: int = Field(default=128, ge=16)
+    width: int = Field(default=64, ge=16)
+    seed: int = 0
+
+
+class SynthVehicle1MParams(_Section):
+    """``synthetic.vehicle1m``: size of the generated Vehicle-1M-layout dataset (``Vehicle1MSynthConfig``).
+
+    ``test_fraction`` of the vehicles go to the test lists; ``size`` is the square image side in px.
+    """
+
+    num_models: int = Field(gt=0)
+    vehicles_per_model: int = Field(gt=0)
+    images_per_vehicle: Union[int, tuple[int, int]]
+    test_fraction: float = Field(gt=0, lt=1)
+    size: int = Field(default=96, ge=16)
+    seed: int = 0
+
+
+class SyntheticParams(_Section):
+    """``synthetic``: the embedded default data, written under ``out_dir``."""
+
+    out_dir: str
+    msmt17: SynthMSMT17Params
+    vehicle1m: SynthVehicle1MParams
+
+
+class ShardParams(_Section):
+    """``shard``: WebDataset shard size target in bytes."""
+
+    target_bytes: int = Field(gt=0)
+
+
+class SamplerParams(_Section):
+    """``sampler``: P identities x K images per identity per batch (per rank)."""
+
+    p: int = Field(gt=0)
+    k: int = Field(gt=0)
+
+
+class LoaderParams(_Section):
+    """``loader``: DALI pipeline knobs.
+
+    ``pad`` is the border in pixels added before the random crop; ``mean``/``std`` are per
+    channel on the 0-255 scale; ``hw_decoder_load`` is the share of JPEG decoding sent to the
+    GPU hardware decoder (mixed device only).
+    """
+
+    num_threads: int = Field(gt=0)
+    prefetch: int = Field(gt=0)
+    flip_prob: float = Field(ge=0, le=1)
+    pad: int = Field(ge=0)
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    hw_decoder_load: float = Field(ge=0, le=1)
+
+
+class ModelParams(_Section):
+    """``model``: registry name and constructor keyword arguments."""
+
+    name: str
+    kwargs: dict = Field(default_factory=dict)
+
+
+class CEParams(_Section):
+    weight: float = Field(ge=0)
+    epsilon: float = Field(ge=0, lt=1)
+
+
+class TripletParams(_Section):
+    weight: float = Field(ge=0)
+    margin: float = Field(ge=0)
+
+
+class LossParams(_Section):
+    """``loss``: weights and hyper-parameters of each loss a model may declare."""
+
+    ce: CEParams
+    triplet: TripletParams
+
+
+class OptimParams(_Section):
+    """``optim``: Adam with linear warmup then multistep decay (Bag of Tricks, Luo et al. 2019).
+
+    ``lr`` is the base learning rate; ``warmup_epochs`` ramps it linearly from
+    ``warmup_factor * lr``; at each epoch in ``milestones`` it is multiplied by ``gamma``.
+    """
+
+    name: Literal["adam", "sgd"] = "adam"
+    lr: float = Field(gt=0)
+    weight_decay: float = Field(ge=0)
+    momentum: float = 0.9
+    epochs: int = Field(gt=0)
+    warmup_epochs: int = Field(ge=0)
+    warmup_factor: float = Field(gt=0, le=1)
+    milestones: tuple[int, ...] = ()
+    gamma: float = Field(gt=0, le=1)
+    grad_clip: float = Field(ge=0)
+
+
+class EngineParams(_Section):
+    """``engine``: DeepSpeed engine settings. ``zero_stage`` 0, 1 or 2."""
+
+    zero_stage: Literal[0, 1, 2]
+    seed: int = 0
+    log_every: int = Field(gt=0)
+
+
+class EvalParams(_Section):
+    """``eval``: feature extraction and ranking."""
+
+    metric: Literal["euclidean", "cosine"]
+    flip: bool
+    batch_size: int = Field(gt=0)
+    max_rank: int = Field(gt=0)
+    chunk_size: int = Field(gt=0)
+
+
+class MlflowParams(_Section):
+    """``mlflow``: ``tracking_uri`` null means ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db``."""
+
+    tracking_uri: Optional[str] = None
+    experiment: str
+    register_model: bool = True
+
+
+class Params(_Section):
+    """The whole ``params.yaml``."""
+
+    datasets: dict[str, DatasetParams]
+    synthetic: SyntheticParams
+    shard: ShardParams
+    sampler: SamplerParams
+    loader: LoaderParams
+    model: ModelParams
+    loss: LossParams
+    optim: OptimParams
+    engine: EngineParams
+    eval: EvalParams
+    mlflow: MlflowParams
+
+    def dataset(self, name: str) -> DatasetParams:
+        """The ``datasets.<name>`` section. Raises ``KeyError`` listing the known names."""
+        if name not in self.datasets:
+            raise KeyError(f"params: no datasets.{name}; known: {sorted(self.datasets)}")
+        return self.datasets[name]
+
+
+class ParamsError(ValueError):
+    """``params.yaml`` is unreadable or invalid; the message names the file and the dotted keys."""
+
+
+def load_params(path: str | Path, overrides: dict | None = None) -> Params:
+    """Read and validate ``params.yaml``.
+
+    Args:
+        path: the YAML file.
+        overrides: optional nested dict merged over the file (used by Ray Tune trials and tests).
+
+    Raises:
+        ParamsError: file missing, not YAML, or a key unknown/missing/invalid (named as
+            ``section.key``).
+    """
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: no such params file") from None
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: top level must be a mapping")
+    if overrides:
+        raw = _deep_merge(raw, overrides)
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        lines = [f"{path}: invalid params:"]
+        for e in err.errors():
+            key = ".".join(str(p) for p in e["loc"])
+            lines.append(f"  {key}: {e['msg']}")
+        raise ParamsError("\n".join(lines)) from None
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """Flatten nested dicts to ``{"a.b.c": value}``; lists and tuples become lists."""
+    out: dict = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = list(v) if isinstance(v, tuple) else v
+    return out
