@@ -197,22 +197,28 @@ def train(spec: TrainSpec, resume: bool = False,
         if dist.is_main and log_metrics is not None:
             log_metrics(epoch_logs, epoch + 1)
 
-    module = engine.module
+    state = cpu_state_dict(engine.module)
     model_path = out_dir / MODEL_WEIGHTS
     if dist.is_main:
-        save_model(module, out_dir, spec, num_classes)
+        save_model(state, out_dir, model_meta(spec, num_classes))
     barrier()
-    module = module.to("cpu").eval()
-    return RunResult(model=module, num_classes=num_classes, model_path=model_path, history=history)
+    # A plain module (DeepSpeed leaves process-group handles on engine.module, which cannot be pickled).
+    model = build(spec.model.name, num_classes, **spec.model.kwargs)
+    model.load_state_dict(state)
+    return RunResult(model=model.eval(), num_classes=num_classes, model_path=model_path, history=history)
 
 
-def save_model(module: torch.nn.Module, out_dir: Path, spec: TrainSpec, num_classes: int) -> None:
-    """Write ``model.pt`` (fp32 CPU state dict) and ``model.json`` (how to rebuild it) atomically."""
-    state = {k: v.detach().to("cpu", torch.float32) if v.is_floating_point() else v.detach().cpu()
-             for k, v in module.state_dict().items()}
+def cpu_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The module's state dict on CPU, floating-point tensors in fp32."""
+    return {k: v.detach().to("cpu", torch.float32) if v.is_floating_point() else v.detach().cpu()
+            for k, v in module.state_dict().items()}
+
+
+def save_model(state: dict[str, torch.Tensor], out_dir: Path, meta: dict) -> None:
+    """Write ``model.pt`` (state dict) and ``model.json`` (how to rebuild it, see :func:`model_meta`) atomically."""
     with atomic_open(Path(out_dir) / MODEL_WEIGHTS) as fh:
         torch.save(state, fh)
-    atomic_write_json(Path(out_dir) / MODEL_META, model_meta(spec, num_classes))
+    atomic_write_json(Path(out_dir) / MODEL_META, meta)
 
 
 def model_meta(spec: TrainSpec, num_classes: int) -> dict:

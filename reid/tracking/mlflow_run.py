@@ -64,6 +64,8 @@ class MlflowRun:
 
         info = self._mlflow.pytorch.log_model(
             module, name="model", registered_model_name=registered_name, metadata=dict(meta),
+            # pickle keeps the registry class (train/eval modes, dict outputs); reid/ travels as code.
+            serialization_format="pickle",
             code_paths=[str(Path(reid.__file__).parent)],
             pip_requirements=["torch==2.15.0", "torchvision==0.29.2"],
         )
