@@ -188,7 +188,8 @@ def train(spec: TrainSpec, resume: bool = False,
                 bar.set_postfix(loss=f"{logs['loss']:.3f}", img_s=f"{img_s:.0f}")
         loader.close()
         epoch_logs = {k: v / steps for k, v in sums.items()}
-        epoch_logs.update(img_per_s=img_s, lr=engine.get_lr()[0], epoch_seconds=time.perf_counter() - t0)
+        epoch_logs.update(img_per_s=img_s, lr=engine.get_lr()[0], epoch_seconds=time.perf_counter() - t0,
+                          world_size=dist.world_size)
         history.append({"epoch": epoch + 1, **epoch_logs})
         checkpoint.save(engine, ckpt_dir, f"epoch-{epoch + 1:04d}", is_main=dist.is_main, client_state={
             "epoch": epoch + 1, "history": history, "params": params,
