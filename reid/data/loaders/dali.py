@@ -195,6 +195,11 @@ def iterate_eval(index: ShardsIndex, keys: Sequence[str], cfg: AugmentConfig, ba
         raise ValueError("iterate_eval: no keys to read")
     if batch_size < 1:
         raise ValueError(f"iterate_eval: batch_size must be >= 1, got {batch_size}")
+    return _eval_batches(index, keys, cfg, batch_size, device)
+
+
+def _eval_batches(index: ShardsIndex, keys: Sequence[str], cfg: AugmentConfig, batch_size: int,
+                  device: torch.device) -> Iterator[dict]:
     table = _LabelTable(index, keys, None)
     starts = iter(range(0, len(keys), batch_size))
 

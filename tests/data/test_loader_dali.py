@@ -1,0 +1,289 @@
+"""Tests for reid.data.loaders.dali: DALI training and evaluation loaders over WebDataset shards.
+
+A tiny synthetic MSMT17 dataset (8 train ids x 2 cameras x 2 images, 64x32 px JPEGs) is written
+and sharded once per module. Every pipeline here runs on DALI's CPU decoder (``cuda_device_id``
+is pinned to None), so pixel comparisons between loader paths can be exact and the reference is
+PIL (libjpeg-turbo, like DALI's CPU decoder).
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from reid.data import layouts
+from reid.data.loaders import dali
+from reid.data.loaders.dali import AugmentConfig, DaliTrainLoader, iterate_eval
+from reid.data.manifest import contiguous_labels
+from reid.data.samplers import PKSampler
+from reid.data.shards import ShardsIndex, write_shards
+from reid.data.synthetic import MSMT17SynthConfig, write_msmt17
+
+SIZE = (40, 24)  # (H, W) output: a different scale per axis (64->40, 32->24), so H/W mix-ups show
+MEAN = (123.675, 116.28, 103.53)
+STD = (58.395, 57.12, 57.375)
+P, K = 3, 2  # 8 train ids -> 2 steps per epoch; 5 batches cross two epoch boundaries
+SAMPLER_SEED = 7
+N_BATCHES = 5
+CPU = torch.device("cpu")
+
+# Tolerance against the PIL reference, on the 0-255 scale. Both sides decode with libjpeg-turbo
+# (at the source size, 64x32, DALI and PIL agree exactly), and PIL's BILINEAR resize with
+# reduction is the same antialiased triangle filter as DALI's INTERP_LINEAR + antialias; they
+# differ only in fixed-point weights and rounding: measured per-image mean |diff| <= 0.3 and
+# isolated edge pixels up to 7. A wrong filter (nearest: per-image mean >= 2.3), a mirror
+# (>= 6.4), swapped channels (>= 18) or a wrong normalisation are all far outside.
+REF_MEAN_TOL = 1.0
+REF_MAX_TOL = 12.0
+EXACT = 1e-3  # same decoder and ops on both sides: only float rounding of the (un)normalisation
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _cpu_pipelines():
+    """Run every DALI pipeline of this module on the CPU decoder, GPU or not."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(dali, "cuda_device_id", lambda: None)
+        yield
+
+
+@pytest.fixture(scope="module")
+def ds(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    base = tmp_path_factory.mktemp("dali_loader")
+    cfg = MSMT17SynthConfig(num_train_ids=8, num_test_ids=4, num_cameras=2, images_per_id_camera=2,
+                            val_every=0, height=64, width=32)
+    root = write_msmt17(base, cfg)
+    manifest = layouts.parse("msmt17", root)
+    # 20 KiB shards: several tars per split, so reads cross shard files
+    index = write_shards(manifest, root, base / "shards", 20480)
+    keys = index.keys("train")
+    raw = [index.labels(k)["pid"] for k in keys]
+    # A contiguous but *reversed* map (not the identity of 0..7), so a loader that forgot the
+    # map would give wrong pids.
+    fwd = contiguous_labels(raw)
+    pid_map = {pid: len(fwd) - 1 - label for pid, label in fwd.items()}
+    assert any(pid_map[p] != p for p in raw)
+    labels = [pid_map[p] for p in raw]
+    return {"index": index, "keys": keys, "pid_map": pid_map, "labels": labels}
+
+
+def _cfg(**kw) -> AugmentConfig:
+    kw = {"flip_prob": 0.0, "pad": 0, **kw}
+    return AugmentConfig(image_size=SIZE, mean=MEAN, std=STD, **kw)
+
+
+def _sampler(ds: dict, state: dict | None = None) -> PKSampler:
+    s = PKSampler(ds["labels"], P, K, seed=SAMPLER_SEED)
+    if state is not None:
+        s.load_state_dict({**state, "seed": SAMPLER_SEED})
+    return s
+
+
+def _train_batches(ds: dict, cfg: AugmentConfig, seed: int = 1, n: int = N_BATCHES,
+                   state: dict | None = None) -> list[dict]:
+    loader = DaliTrainLoader(ds["index"], ds["keys"], ds["pid_map"], _sampler(ds, state), cfg,
+                             seed=seed, device=CPU)
+    try:
+        return [next(loader) for _ in range(n)]
+    finally:
+        loader.close()
+
+
+def _to_255(img: torch.Tensor) -> np.ndarray:
+    """A normalised CHW image back to HWC on the 0-255 scale."""
+    return img.numpy().transpose(1, 2, 0) * np.asarray(STD, np.float32) + np.asarray(MEAN, np.float32)
+
+
+def _reference(index: ShardsIndex, key: str) -> np.ndarray:
+    """HWC 0-255 float reference: PIL decode of the shard's bytes, antialiased bilinear resize."""
+    img = Image.open(io.BytesIO(index.read_jpeg(key))).convert("RGB")
+    return np.asarray(img.resize((SIZE[1], SIZE[0]), Image.Resampling.BILINEAR), np.float32)
+
+
+def _assert_matches_reference(index: ShardsIndex, key: str, img: torch.Tensor) -> None:
+    diff = np.abs(_to_255(img) - _reference(index, key))
+    assert diff.mean() < REF_MEAN_TOL and diff.max() < REF_MAX_TOL, (key, diff.mean(), diff.max())
+
+
+@pytest.fixture(scope="module")
+def off_batches(ds) -> list[dict]:
+    """N_BATCHES training batches with augmentation off (flip 0, pad 0)."""
+    return _train_batches(ds, _cfg())
+
+
+# -- 1. Batch contract and label/image alignment -----------------------------------------------
+
+
+def test_train_batches_follow_batch_contract(ds, off_batches):
+    index = ds["index"]
+    train_keys = set(ds["keys"])
+    for batch in off_batches:
+        assert set(batch) == {"images", "pids", "camids", "model_ids", "keys"}
+        images = batch["images"]
+        assert images.shape == (P * K, 3, *SIZE)
+        assert images.dtype == torch.float32 and images.device.type == "cpu"
+        assert torch.isfinite(images).all()
+        for name in ("pids", "camids", "model_ids"):
+            assert batch[name].dtype == torch.int64 and batch[name].shape == (P * K,), name
+        keys = batch["keys"]
+        assert isinstance(keys, list) and len(keys) == P * K
+        assert all(isinstance(k, str) and k in train_keys for k in keys)
+        # P distinct identities, K consecutive images each (pid-major)
+        pids = batch["pids"].tolist()
+        groups = [pids[j * K:(j + 1) * K] for j in range(P)]
+        assert all(len(set(g)) == 1 for g in groups), pids
+        assert len({g[0] for g in groups}) == P, pids
+        # every sample's labels and pixels belong to its key (nothing shifted by prefetching)
+        for i, key in enumerate(keys):
+            lab = index.labels(key)
+            assert pids[i] == ds["pid_map"][lab["pid"]]
+            assert batch["camids"][i].item() == lab["camid"]
+            assert batch["model_ids"][i].item() == lab["model_id"]
+            _assert_matches_reference(index, key, images[i])
+    assert {c for b in off_batches for c in b["camids"].tolist()} == {0, 1}
+
+
+# -- 2. the loader yields exactly the sampler's sequence -----------------------------------------
+
+
+@pytest.mark.parametrize("state", [None, {"epoch": 3, "step": 1}])
+def test_train_sequence_equals_sampler(ds, off_batches, state):
+    batches = off_batches if state is None else _train_batches(ds, _cfg(), state=state)
+    plan = iter(_sampler(ds, state))
+    seen = []
+    for batch in batches:
+        idx = next(plan)
+        assert batch["keys"] == [ds["keys"][i] for i in idx]
+        assert batch["pids"].tolist() == [ds["labels"][i] for i in idx]
+        seen.append(tuple(batch["keys"]))
+    assert len(set(seen)) == len(seen)  # the sampler really moves on: a non-trivial sequence
+    if state is not None:
+        assert list(batches[0]["keys"]) != list(off_batches[0]["keys"])
+
+
+# -- 3. pixels with augmentation off; evaluation iterator ----------------------------------------
+
+
+def _eval_images(index: ShardsIndex, keys: list[str], cfg: AugmentConfig, batch_size: int) -> dict:
+    return {k: im for b in iterate_eval(index, keys, cfg, batch_size, CPU)
+            for k, im in zip(b["keys"], b["images"])}
+
+
+def test_eval_matches_reference_and_train_path(ds, off_batches):
+    index, keys = ds["index"], ds["keys"]
+    evals = _eval_images(index, keys, _cfg(), 5)
+    assert list(evals) == keys
+    for key in keys:
+        _assert_matches_reference(index, key, evals[key])
+    compared = 0
+    for batch in off_batches:
+        for key, img in zip(batch["keys"], batch["images"]):
+            np.testing.assert_allclose(_to_255(img), _to_255(evals[key]), atol=EXACT)
+            compared += 1
+    assert compared == N_BATCHES * P * K
+    # evaluation never augments, whatever the config says
+    aug = _eval_images(index, keys, _cfg(flip_prob=1.0, pad=4), 5)
+    for key in keys:
+        np.testing.assert_allclose(_to_255(aug[key]), _to_255(evals[key]), atol=EXACT)
+
+
+@pytest.mark.parametrize("split,batch_size,sizes", [
+    ("gallery", 5, [5, 5, 2]),
+    ("gallery", 4, [4, 4, 4]),
+    ("gallery", 20, [12]),
+    ("query", 3, [3, 1]),
+])
+def test_iterate_eval_yields_every_key_once_in_order(ds, split, batch_size, sizes):
+    index = ds["index"]
+    keys = index.keys(split)
+    batches = list(iterate_eval(index, keys, _cfg(), batch_size, CPU))
+    assert [len(b["keys"]) for b in batches] == sizes
+    assert [k for b in batches for k in b["keys"]] == keys
+    for batch in batches:
+        n = len(batch["keys"])
+        assert batch["images"].shape == (n, 3, *SIZE) and batch["images"].dtype == torch.float32
+        for name in ("pids", "camids", "model_ids"):
+            assert batch[name].dtype == torch.int64 and batch[name].shape == (n,), name
+        for i, key in enumerate(batch["keys"]):
+            lab = index.labels(key)  # eval pids are the dataset pids, not remapped
+            assert (batch["pids"][i].item(), batch["camids"][i].item(), batch["model_ids"][i].item()) == (
+                lab["pid"], lab["camid"], lab["model_id"])
+            _assert_matches_reference(index, key, batch["images"][i])
+
+
+# -- 4. augmentations ----------------------------------------------------------------------------
+
+
+def test_flip_prob_one_mirrors_every_image(ds, off_batches):
+    flipped = _train_batches(ds, _cfg(flip_prob=1.0), n=2)
+    for fb, ob in zip(flipped, off_batches):
+        assert fb["keys"] == ob["keys"]
+        for f, o in zip(fb["images"], ob["images"]):
+            np.testing.assert_allclose(_to_255(f), _to_255(o)[:, ::-1], atol=EXACT)
+            # the images are not mirror-symmetric, so the check above has teeth
+            assert np.abs(_to_255(f) - _to_255(o)).mean() > 2.0
+
+
+def test_flip_prob_half_mixes_flipped_and_plain(ds, off_batches):
+    half = _train_batches(ds, _cfg(flip_prob=0.5), n=3)
+    kinds = []
+    for hb, ob in zip(half, off_batches):
+        assert hb["keys"] == ob["keys"]
+        for h, o in zip(hb["images"], ob["images"]):
+            h, o = _to_255(h), _to_255(o)
+            if np.allclose(h, o, atol=EXACT):
+                kinds.append("plain")
+            else:
+                np.testing.assert_allclose(h, o[:, ::-1], atol=EXACT)
+                kinds.append("flip")
+    assert set(kinds) == {"plain", "flip"}  # 18 coin flips: both outcomes (p of failure 2^-17)
+
+
+def _shift_of(img: np.ndarray, ref: np.ndarray, pad: int) -> tuple[int, int] | None:
+    """(dx, dy) with img[y, x] == ref[y + dy, x + dx] (0 outside ref), or None."""
+    h, w = ref.shape[:2]
+    for dy in range(-pad, pad + 1):
+        for dx in range(-pad, pad + 1):
+            want = np.zeros_like(ref)
+            want[max(0, -dy):min(h, h - dy), max(0, -dx):min(w, w - dx)] = \
+                ref[max(0, dy):min(h, h + dy), max(0, dx):min(w, w + dx)]
+            if np.allclose(img, want, atol=EXACT):
+                return dx, dy
+    return None
+
+
+def test_pad_crop_is_seeded_and_shifts_within_pad(ds, off_batches):
+    pad = 3
+    a = _train_batches(ds, _cfg(pad=pad), seed=11, n=3)
+    b = _train_batches(ds, _cfg(pad=pad), seed=11, n=3)
+    c = _train_batches(ds, _cfg(pad=pad), seed=12, n=3)
+    for x, y, z in zip(a, b, c):
+        assert x["keys"] == y["keys"] == z["keys"]  # the DALI seed does not touch the sampler
+        assert torch.equal(x["images"], y["images"])
+    assert any(not torch.equal(x["images"], z["images"]) for x, z in zip(a, c))
+    # each output is the augment-off image moved by an offset in [-pad, pad]^2, zero-filled
+    shifts = []
+    for pb, ob in zip(a, off_batches):
+        for p_img, o_img in zip(pb["images"], ob["images"]):
+            shift = _shift_of(_to_255(p_img), _to_255(o_img), pad)
+            assert shift is not None
+            shifts.append(shift)
+    assert len(set(shifts)) > 1 and any(s != (0, 0) for s in shifts)
+
+
+# -- 5. errors -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("keys,batch_size,match", [
+    ([], 4, "no keys"),
+    (None, 0, "batch_size"),
+    (None, -2, "batch_size"),
+])
+def test_iterate_eval_rejects_bad_arguments(ds, keys, batch_size, match):
+    keys = ds["index"].keys("query") if keys is None else keys
+    with pytest.raises(ValueError, match=match):
+        iterate_eval(ds["index"], keys, _cfg(), batch_size, CPU)  # raises at call time, before iterating

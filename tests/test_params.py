@@ -1,0 +1,60 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from reid.params import ParamsError, flatten, load_params
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _write(tmp_path, mutate):
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    mutate(raw)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_repo_params_are_valid():
+    p = load_params(REPO / "params.yaml")
+    assert set(p.datasets) == {"msmt17", "vehicle1m"}
+    assert p.dataset("vehicle1m").test_set == "test_1000"
+
+
+@pytest.mark.parametrize("mutate, key", [
+    (lambda r: r["sampler"].update(q=1), "sampler.q"),
+    (lambda r: r["datasets"]["msmt17"].update(rooot="x"), "datasets.msmt17.rooot"),
+    (lambda r: r.update(extra_section={}), "extra_section"),
+    (lambda r: r["engine"].update(zero_stage=3), "engine.zero_stage"),
+    (lambda r: r["loss"]["ce"].pop("epsilon"), "loss.ce.epsilon"),
+    (lambda r: r["datasets"]["vehicle1m"].update(test_set=None), "datasets.vehicle1m"),
+])
+def test_bad_params_name_file_and_key(tmp_path, mutate, key):
+    path = _write(tmp_path, mutate)
+    with pytest.raises(ParamsError) as err:
+        load_params(path)
+    assert str(path) in str(err.value) and key in str(err.value)
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ParamsError, match="no such params file"):
+        load_params(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("a: [1, 2\n")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_params(bad)
+
+
+def test_unknown_dataset_lists_known():
+    with pytest.raises(KeyError, match="msmt17"):
+        load_params(REPO / "params.yaml").dataset("market")
+
+
+def test_overrides_merge_deeply():
+    p = load_params(REPO / "params.yaml", overrides={"loss": {"triplet": {"margin": 0.5}}})
+    assert p.loss.triplet.margin == 0.5 and p.loss.triplet.weight == 1.0
+
+
+def test_flatten():
+    assert flatten({"a": {"b": 1, "c": (1, 2)}, "d": None}) == {"a.b": 1, "a.c": [1, 2], "d": None}
