@@ -19,7 +19,7 @@ from pathlib import Path
 from pipeline import _cli
 from reid.engine.trainer import load_model
 from reid.evaluation.cross_domain import shard_test_split
-from reid.evaluation.evaluate import eval_spec_for, score, untrained_like, write_reports
+from reid.evaluation.evaluate import eval_device, eval_spec_for, score, untrained_like, write_reports
 from reid.tracking.mlflow_run import MlflowRun, load_logged_model, resolve_tracking_uri
 from pipeline.train import RUN_FILE
 
@@ -33,11 +33,12 @@ def _print(label: str, r: dict) -> None:
 def stage(args, params) -> None:
     run_dir = _cli.RUNS / args.dataset
     model, meta = load_model(run_dir)
+    model.to(eval_device())
     e = params.eval
     spec = eval_spec_for(meta, _cli.SHARDS / args.dataset, e.metric, e.flip, e.batch_size, e.max_rank,
                          e.chunk_size, params.loader.num_threads)
     results = {"trained": score(model, spec),
-               "untrained": score(untrained_like(meta, params.engine.seed), spec)}
+               "untrained": score(untrained_like(meta, params.engine.seed).to(eval_device()), spec)}
     paths = write_reports(results, _cli.METRICS / f"{args.dataset}.json", _cli.PLOTS / args.dataset,
                           title=f"CMC: {args.dataset}")
     for label, r in results.items():
@@ -61,6 +62,7 @@ def cross(args, params) -> None:
 
         mlflow.set_tracking_uri(resolve_tracking_uri(params.mlflow.tracking_uri))
         model, meta = load_logged_model(args.model)
+    model.to(eval_device())
     e = params.eval
     with tempfile.TemporaryDirectory(prefix="reid-eval-") as tmp:
         shard_test_split(args.layout, args.root, Path(tmp), dataset=Path(args.root).name,

@@ -10,6 +10,7 @@ import os
 
 from pipeline import _cli
 from reid.engine.trainer import TrainSpec, model_meta, train
+from reid.evaluation.evaluate import EvalSpec, periodic_validator
 from reid.io import atomic_write_json
 from reid.tracking.mlflow_run import MlflowRun, resolve_tracking_uri
 
@@ -37,8 +38,13 @@ def main() -> None:
         if run_id is None:
             run.log_params({**spec.training_params(), "dataset": args.dataset, "dataset.root": ds.root})
         atomic_write_json(previous, {"run_id": run.run_id, "tracking_uri": uri})
+    val = params.validation
+    validate = periodic_validator(EvalSpec(spec.shards_dir, ds.image_size, params.loader.mean, params.loader.std,
+                                           metric=val.metric, flip=val.flip,
+                                           num_threads=params.loader.num_threads),
+                                  val.period, params.optim.epochs)
     try:
-        result = train(spec, resume=args.resume, log_metrics=run.log_metrics if run else None)
+        result = train(spec, resume=args.resume, log_metrics=run.log_metrics if run else None, validate=validate)
     except BaseException:
         if run:
             run.end("FAILED")

@@ -171,6 +171,17 @@ class EvalParams(_Section):
     chunk_size: int = Field(gt=0)
 
 
+class ValidationParams(_Section):
+    """``validation``: query/gallery scoring during training, logged per epoch as ``val.*``.
+
+    Runs after every ``period``-th epoch and after the last one; ``period: 0`` turns it off.
+    """
+
+    period: int = Field(ge=0)
+    metric: Literal["euclidean", "cosine"]
+    flip: bool
+
+
 class MlflowParams(_Section):
     """``mlflow``: ``tracking_uri`` null means ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db``."""
 
@@ -192,6 +203,7 @@ class Params(_Section):
     optim: OptimParams
     engine: EngineParams
     eval: EvalParams
+    validation: ValidationParams
     mlflow: MlflowParams
 
     def dataset(self, name: str) -> DatasetParams:

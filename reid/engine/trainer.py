@@ -115,7 +115,8 @@ def _optimizer(model: torch.nn.Module, optim: OptimParams) -> torch.optim.Optimi
 
 def train(spec: TrainSpec, resume: bool = False,
           log_metrics: Optional[Callable[[dict, int], None]] = None,
-          stop_after_epochs: Optional[int] = None) -> RunResult:
+          stop_after_epochs: Optional[int] = None,
+          validate: Optional[Callable[[int, torch.nn.Module], dict]] = None) -> RunResult:
     """Train a model with DeepSpeed on the ``train`` split of ``spec.shards_dir``.
 
     Args:
@@ -126,6 +127,10 @@ def train(spec: TrainSpec, resume: bool = False,
             (1-based epoch); e.g. MLflow logging.
         stop_after_epochs: stop after this many completed epochs (still checkpointing), as if
             the job had been interrupted there.
+        validate: called on rank 0 after each epoch with ``(epoch, module)`` (1-based epoch,
+            the module in train mode; it may switch it to eval, training switches it back);
+            returns metrics (possibly empty) merged into that epoch's logs, e.g. ``val.mAP``.
+            Other ranks wait at a barrier meanwhile.
 
     Returns:
         RunResult; rank 0 has also written ``out_dir/model.pt`` (state dict) and
@@ -190,6 +195,9 @@ def train(spec: TrainSpec, resume: bool = False,
         epoch_logs = {k: v / steps for k, v in sums.items()}
         epoch_logs.update(img_per_s=img_s, lr=engine.get_lr()[0], epoch_seconds=time.perf_counter() - t0,
                           world_size=dist.world_size)
+        if dist.is_main and validate is not None:
+            epoch_logs.update(validate(epoch + 1, engine.module))
+        barrier()
         history.append({"epoch": epoch + 1, **epoch_logs})
         checkpoint.save(engine, ckpt_dir, f"epoch-{epoch + 1:04d}", is_main=dist.is_main, client_state={
             "epoch": epoch + 1, "history": history, "params": params,

@@ -110,3 +110,23 @@ def untrained_like(meta: dict, seed: int) -> torch.nn.Module:
 
     torch.manual_seed(seed)
     return build(meta["name"], meta["num_classes"], **meta["kwargs"]).eval()
+
+
+def periodic_validator(spec: EvalSpec, period: int, last_epoch: int):
+    """An epoch-end hook for :func:`reid.engine.trainer.train` that scores the model every
+    ``period`` epochs and at ``last_epoch``, returning ``{"val.rank1", "val.rank5", "val.mAP", "val.mINP"}``
+    (fractions in [0, 1]) on those epochs and ``{}`` otherwise. ``period`` 0 never scores.
+    """
+
+    def validate(epoch: int, module: torch.nn.Module) -> dict:
+        if period <= 0 or (epoch % period and epoch != last_epoch):
+            return {}
+        r = score(module, spec)
+        return {f"val.{k}": r[k] for k in ("rank1", "rank5", "mAP", "mINP")}
+
+    return validate
+
+
+def eval_device() -> torch.device:
+    """Where evaluation runs: the current CUDA device when there is one, else the CPU."""
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")

@@ -271,6 +271,12 @@ def test_mlflow_run(pipe: Pipeline, client, ds: str):
         assert sorted(m.step for m in history) == list(range(1, EPOCHS + 1)), name
     assert all(m.value > 0 for m in client.get_metric_history(run.info.run_id, "img_per_s"))
     assert [m.value for m in client.get_metric_history(run.info.run_id, "lr")] == [pytest.approx(LR)] * EPOCHS
+    # validation every `validation.period` epochs and after the last; it is what a flip-free
+    # evaluate of the final model gives, and it improves over training
+    period = p["validation"]["period"]
+    val = sorted(client.get_metric_history(run.info.run_id, "val.mAP"), key=lambda m: m.step)
+    assert [m.step for m in val] == sorted({*range(period, EPOCHS + 1, period), EPOCHS})
+    assert val[-1].value > val[0].value
 
     metrics = pipe.metrics(ds)
     final = run.data.metrics
