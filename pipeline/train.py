@@ -5,6 +5,7 @@ Several ranks: ``deepspeed --num_gpus N --module pipeline.train --params params.
 (on a CPU-only host, N ranks run with the gloo backend).
 """
 
+import argparse
 import json
 import os
 
@@ -20,7 +21,7 @@ RUN_FILE = "mlflow_run.json"
 def main() -> None:
     p = _cli.parser(__doc__)
     p.add_argument("--resume", action="store_true", help="continue from runs/<dataset>/checkpoints/latest")
-    p.add_argument("--local_rank", type=int, default=None, help=argparse_suppress())
+    p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # passed by the deepspeed launcher
     args = p.parse_args()
     params = _cli.load(args.params)
     ds = params.dataset(args.dataset)
@@ -56,12 +57,6 @@ def main() -> None:
         run.end()
         print(f"{args.dataset}: trained {len(result.history)} epochs, final loss "
               f"{result.history[-1]['loss']:.4f}; MLflow run {run.run_id}, model {model_uri}")
-
-
-def argparse_suppress():
-    import argparse
-
-    return argparse.SUPPRESS
 
 
 if __name__ == "__main__":

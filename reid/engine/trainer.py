@@ -94,7 +94,7 @@ def _pipeline_seed(seed: int, epoch: int, rank: int) -> int:
     return zlib.crc32(f"{seed}/{epoch}/{rank}".encode()) & 0x7FFFFFFF
 
 
-def _deepspeed_config(spec: TrainSpec, device: torch.device) -> dict:
+def _deepspeed_config(spec: TrainSpec) -> dict:
     return {
         "train_micro_batch_size_per_gpu": spec.sampler.p * spec.sampler.k,
         "gradient_accumulation_steps": 1,
@@ -147,8 +147,9 @@ def train(spec: TrainSpec, resume: bool = False,
     ckpt_dir = out_dir / "checkpoints"
     index = ShardsIndex.load(spec.shards_dir)
     keys = index.keys("train")
-    pid_map = contiguous_labels(index.labels(k)["pid"] for k in keys)
-    labels = [pid_map[index.labels(k)["pid"]] for k in keys]
+    pids = index.pids("train")
+    pid_map = contiguous_labels(pids)
+    labels = [pid_map[p] for p in pids]
     num_classes = len(pid_map)
     sampler = PKSampler(labels, spec.sampler.p, spec.sampler.k, seed=spec.engine.seed,
                         rank=dist.rank, world_size=dist.world_size)
@@ -161,7 +162,7 @@ def train(spec: TrainSpec, resume: bool = False,
     scheduler = build_scheduler(optimizer, steps, spec.optim.warmup_epochs, spec.optim.warmup_factor,
                                 spec.optim.milestones, spec.optim.gamma)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
-                                           config=_deepspeed_config(spec, dist.device))
+                                           config=_deepspeed_config(spec))
     params = spec.training_params()
     start_epoch, history = 0, []
     if resume:
