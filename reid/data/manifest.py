@@ -2,7 +2,17 @@
 
 Every layout parser (``reid.data.layouts.<name>.parse``) returns a :class:`Manifest`; nothing
 downstream knows which on-disk layout it came from. On disk a manifest is a CSV file with the
-header ``key,relpath,pid,camid,model_id,split``.
+header ``key,relpath,pid,camid,model_id,split,test_sets``.
+
+Splits:
+
+* ``train``: training images.
+* ``val``: held-out validation images (e.g. MSMT17's ``list_val.txt`` when not merged into train).
+* ``query`` / ``gallery``: a fixed evaluation split (MSMT17, Market-1501, VeRi-776).
+* ``test``: images of test lists whose query/gallery roles are drawn per evaluation round
+  (Vehicle-1M, VehicleID: one random gallery image per vehicle, the rest queries; see
+  ``reid.data.protocols``). ``test_sets`` names the lists an image belongs to, e.g.
+  ``("test_1000", "test_2000")``; it is empty for every other split.
 """
 
 from __future__ import annotations
@@ -16,8 +26,9 @@ from typing import Iterable, Sequence
 
 from reid.io import atomic_write_text
 
-SPLITS = ("train", "query", "gallery")
-FIELDS = ("key", "relpath", "pid", "camid", "model_id", "split")
+SPLITS = ("train", "val", "query", "gallery", "test")
+FIELDS = ("key", "relpath", "pid", "camid", "model_id", "split", "test_sets")
+TEST_SET_SEP = "|"
 _KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
 
@@ -47,7 +58,9 @@ class Row:
             (parsers offset test pids past the train pids where the layout restarts them).
         camid: camera id, int >= 0.
         model_id: vehicle-model id, or -1 where unknown (person datasets).
-        split: one of ``train``, ``query``, ``gallery``.
+        split: one of :data:`SPLITS`.
+        test_sets: for ``split == "test"``, the names of the test lists holding this image
+            (non-empty, sorted); empty for every other split.
     """
 
     key: str
@@ -56,10 +69,16 @@ class Row:
     camid: int
     model_id: int
     split: str
+    test_sets: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.split not in SPLITS:
             raise ManifestError(f"row {self.key!r}: split {self.split!r} is not one of {SPLITS}")
+        if (self.split == "test") != bool(self.test_sets):
+            raise ManifestError(f"row {self.key!r}: test_sets must be non-empty exactly for split 'test', "
+                                f"got split {self.split!r} with test_sets {self.test_sets}")
+        if any(not name or TEST_SET_SEP in name for name in self.test_sets):
+            raise ManifestError(f"row {self.key!r}: bad test set name in {self.test_sets}")
 
 
 @dataclass(frozen=True)
@@ -90,11 +109,21 @@ class Manifest:
             raise ManifestError(f"unknown split {name!r}; expected one of {SPLITS}")
         return tuple(r for r in self.rows if r.split == name)
 
+    def test_sets(self) -> dict[str, tuple[Row, ...]]:
+        """Test-list name -> its rows (split ``test``), in manifest order; names sorted."""
+        out: dict[str, list[Row]] = {}
+        for r in self.rows:
+            for name in r.test_sets:
+                out.setdefault(name, []).append(r)
+        return {name: tuple(out[name]) for name in sorted(out)}
+
     def stats(self) -> dict[str, dict[str, int]]:
-        """Per split: number of images, pids, cameras and vehicle models (``model_id >= 0``)."""
+        """Per split with rows, and per test list (``test:<name>``): number of images, pids,
+        cameras and vehicle models (``model_id >= 0``)."""
+        groups = {name: rows for name in SPLITS if (rows := self.split(name))}
+        groups.update({f"test:{name}": rows for name, rows in self.test_sets().items()})
         out: dict[str, dict[str, int]] = {}
-        for name in SPLITS:
-            rows = self.split(name)
+        for name, rows in groups.items():
             out[name] = {
                 "images": len(rows),
                 "pids": len({r.pid for r in rows}),
@@ -104,12 +133,13 @@ class Manifest:
         return out
 
     def to_csv(self) -> str:
-        """Serialise to CSV text with the header ``key,relpath,pid,camid,model_id,split``."""
+        """Serialise to CSV text with the header ``key,relpath,pid,camid,model_id,split,test_sets``
+        (``test_sets`` joined with ``|``)."""
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
         writer.writerow(FIELDS)
         for r in self.rows:
-            writer.writerow((r.key, r.relpath, r.pid, r.camid, r.model_id, r.split))
+            writer.writerow((r.key, r.relpath, r.pid, r.camid, r.model_id, r.split, TEST_SET_SEP.join(r.test_sets)))
         return buf.getvalue()
 
     def write(self, path: str | Path) -> None:
@@ -139,9 +169,10 @@ class Manifest:
 def _parse_row(path: Path, lineno: int, fields: Sequence[str]) -> Row:
     if len(fields) != len(FIELDS):
         raise ManifestError(f"{path}:{lineno}: expected {len(FIELDS)} fields, got {len(fields)}")
-    key, relpath, pid, camid, model_id, split = fields
+    key, relpath, pid, camid, model_id, split, test_sets = fields
     try:
-        return Row(key, relpath, int(pid), int(camid), int(model_id), split)
+        return Row(key, relpath, int(pid), int(camid), int(model_id), split,
+                   tuple(test_sets.split(TEST_SET_SEP)) if test_sets else ())
     except ValueError as err:
         raise ManifestError(f"{path}:{lineno}: {err}") from None
 
