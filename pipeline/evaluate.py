@@ -17,17 +17,22 @@ import tempfile
 from pathlib import Path
 
 from pipeline import _cli
+from reid.data.protocols import Protocol
 from reid.engine.trainer import load_model
 from reid.evaluation.cross_domain import shard_test_split
-from reid.evaluation.evaluate import eval_device, eval_spec_for, score, untrained_like, write_reports
+from reid.evaluation.evaluate import (eval_device, eval_spec_for, flat_metrics, score, untrained_like,
+                                      write_reports)
 from reid.tracking.mlflow_run import MlflowRun, load_logged_model, resolve_tracking_uri
 from pipeline.train import RUN_FILE
 
 
-def _print(label: str, r: dict) -> None:
-    print(f"{label}: Rank-1 {100 * r['rank1']:.1f}%  Rank-5 {100 * r['rank5']:.1f}%  "
-          f"mAP {100 * r['mAP']:.1f}%  mINP {100 * r['mINP']:.1f}%  "
-          f"({r['num_valid_queries']} queries, {r['num_excluded_queries']} without a valid match)")
+def _print(label: str, sets: dict) -> None:
+    for name, r in sets.items():
+        std = (lambda k: f" ± {100 * r[k + '_std']:.1f}") if r["num_rounds"] > 1 else (lambda k: "")
+        print(f"{label} {name}: Rank-1 {100 * r['rank1']:.1f}%{std('rank1')}  Rank-5 {100 * r['rank5']:.1f}%  "
+              f"mAP {100 * r['mAP']:.1f}%{std('mAP')}  mINP {100 * r['mINP']:.1f}%  "
+              f"({r['num_valid_queries']} queries, {r['num_excluded_queries']} without a valid match, "
+              f"{r['num_gallery']} gallery, {r['num_rounds']} round(s))")
 
 
 def stage(args, params) -> None:
@@ -37,17 +42,17 @@ def stage(args, params) -> None:
     e = params.eval
     spec = eval_spec_for(meta, _cli.SHARDS / args.dataset, e.metric, e.flip, e.batch_size, e.max_rank,
                          e.chunk_size, params.loader.num_threads)
-    results = {"trained": score(model, spec),
-               "untrained": score(untrained_like(meta, params.engine.seed).to(eval_device()), spec)}
+    protocol = Protocol.read(_cli.MANIFESTS / f"{args.dataset}.protocol.json")
+    results = {"trained": score(model, spec, protocol),
+               "untrained": score(untrained_like(meta, params.engine.seed).to(eval_device()), spec, protocol)}
     paths = write_reports(results, _cli.METRICS / f"{args.dataset}.json", _cli.PLOTS / args.dataset,
                           title=f"CMC: {args.dataset}")
     for label, r in results.items():
         _print(f"{args.dataset} {label}", r)
     run_info = json.loads((run_dir / RUN_FILE).read_text())
     run = MlflowRun(run_info["tracking_uri"], params.mlflow.experiment, run_id=run_info["run_id"])
-    for label, r in results.items():
-        prefix = "" if label == "trained" else f"{label}."
-        run.log_metrics({f"{prefix}{k}": v for k, v in r.items() if k != "cmc"})
+    for label, sets in results.items():
+        run.log_metrics(flat_metrics(sets, "" if label == "trained" else f"{label}."))
     for name, path in paths.items():
         run.log_artifact(path, artifact_path="evaluation")
     run.end()
@@ -65,11 +70,12 @@ def cross(args, params) -> None:
     model.to(eval_device())
     e = params.eval
     with tempfile.TemporaryDirectory(prefix="reid-eval-") as tmp:
-        shard_test_split(args.layout, args.root, Path(tmp), dataset=Path(args.root).name,
-                         test_set=args.test_set, gallery_seed=args.gallery_seed, check_images=True)
+        protocol = shard_test_split(args.layout, args.root, Path(tmp), num_draws=args.num_draws,
+                                    gallery_seed=args.gallery_seed, dataset=Path(args.root).name,
+                                    test_sets=args.test_sets, check_images=True)
         spec = eval_spec_for(meta, Path(tmp), e.metric, e.flip, e.batch_size, e.max_rank, e.chunk_size,
                              params.loader.num_threads)
-        result = score(model, spec)
+        result = score(model, spec, protocol)
     out = Path(args.out)
     write_reports({"trained": result}, out / "metrics.json", out, title=f"CMC: {args.model} on {args.root}")
     _print(f"{args.model} on {args.root}", result)
@@ -81,7 +87,8 @@ def main() -> None:
     p.add_argument("--model", help="cross mode: run folder, model.pt path or MLflow model URI")
     p.add_argument("--root", help="cross mode: dataset root in its official layout")
     p.add_argument("--layout", help="cross mode: layout of --root (msmt17, vehicle1m)")
-    p.add_argument("--test-set", default=None, help="cross mode, vehicle layouts: test list name")
+    p.add_argument("--test-sets", nargs="+", default=None, help="cross mode, vehicle layouts: test lists (default all)")
+    p.add_argument("--num-draws", type=int, default=10, help="cross mode, vehicle layouts: gallery draws per list")
     p.add_argument("--gallery-seed", type=int, default=0, help="cross mode, vehicle layouts: gallery draw seed")
     p.add_argument("--out", default="eval", help="cross mode: output folder for metrics.json and cmc.png")
     args = p.parse_args()

@@ -10,6 +10,7 @@ import json
 import os
 
 from pipeline import _cli
+from reid.data.protocols import Protocol
 from reid.engine.trainer import TrainSpec, model_meta, train
 from reid.evaluation.evaluate import EvalSpec, periodic_validator
 from reid.io import atomic_write_json
@@ -43,6 +44,7 @@ def main() -> None:
     validate = periodic_validator(EvalSpec(spec.shards_dir, ds.image_size, params.loader.mean, params.loader.std,
                                            metric=val.metric, flip=val.flip,
                                            num_threads=params.loader.num_threads),
+                                  Protocol.read(_cli.MANIFESTS / f"{args.dataset}.protocol.json"),
                                   val.period, params.optim.epochs)
     try:
         result = train(spec, resume=args.resume, log_metrics=run.log_metrics if run else None, validate=validate)

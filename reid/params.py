@@ -22,22 +22,24 @@ class DatasetParams(_Section):
 
     ``root`` is the dataset folder in its official layout (``MSMT17_V1``/``MSMT17_V2`` or
     ``Vehicle-1M``), relative to the repository root or absolute. ``image_size`` is
-    ``[height, width]`` in pixels of the network input.
+    ``[height, width]`` in pixels of the network input. ``test_sets`` picks the test lists of
+    vehicle layouts (null: all present); each is scored over ``num_draws`` random gallery draws
+    seeded by ``gallery_seed``. ``val`` (MSMT17): merge ``list_val`` into train or hold it out.
     """
 
     layout: Literal["msmt17", "vehicle1m"]
     root: str
     image_size: tuple[int, int]
-    test_set: Optional[str] = None
-    gallery_seed: int = 0
+    test_sets: Optional[list[str]] = None
+    num_draws: int = Field(default=10, ge=1)
+    gallery_seed: int = Field(default=0, ge=0)
+    val: Optional[Literal["merge", "holdout"]] = None
     check_images: bool = True
 
     @model_validator(mode="after")
     def _check(self) -> "DatasetParams":
         if min(self.image_size) < 16:
             raise ValueError(f"image_size must be >= 16 px per side, got {self.image_size}")
-        if self.layout == "vehicle1m" and not self.test_set:
-            raise ValueError("vehicle1m needs test_set (test_1000, test_2000, test_3000 or ...)")
         return self
 
 

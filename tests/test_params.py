@@ -19,7 +19,8 @@ def _write(tmp_path, mutate):
 def test_repo_params_are_valid():
     p = load_params(REPO / "params.yaml")
     assert set(p.datasets) == {"msmt17", "vehicle1m"}
-    assert p.dataset("vehicle1m").test_set == "test_1000"
+    v = p.dataset("vehicle1m")
+    assert (v.test_sets, v.num_draws, v.gallery_seed) == (None, 10, 0)
 
 
 @pytest.mark.parametrize("mutate, key", [
@@ -28,7 +29,9 @@ def test_repo_params_are_valid():
     (lambda r: r.update(extra_section={}), "extra_section"),
     (lambda r: r["engine"].update(zero_stage=3), "engine.zero_stage"),
     (lambda r: r["loss"]["ce"].pop("epsilon"), "loss.ce.epsilon"),
-    (lambda r: r["datasets"]["vehicle1m"].update(test_set=None), "datasets.vehicle1m"),
+    (lambda r: r["datasets"]["vehicle1m"].update(test_set="test_1000"), "datasets.vehicle1m.test_set"),
+    (lambda r: r["datasets"]["vehicle1m"].update(num_draws=0), "datasets.vehicle1m.num_draws"),
+    (lambda r: r["datasets"]["msmt17"].update(val="keep"), "datasets.msmt17.val"),
 ])
 def test_bad_params_name_file_and_key(tmp_path, mutate, key):
     path = _write(tmp_path, mutate)

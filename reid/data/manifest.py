@@ -110,12 +110,13 @@ class Manifest:
         return tuple(r for r in self.rows if r.split == name)
 
     def test_sets(self) -> dict[str, tuple[Row, ...]]:
-        """Test-list name -> its rows (split ``test``), in manifest order; names sorted."""
+        """Test-list name -> its rows (split ``test``), in manifest order; names in natural order
+        (``test_800`` < ``test_1600`` < ``test_full``)."""
         out: dict[str, list[Row]] = {}
         for r in self.rows:
             for name in r.test_sets:
                 out.setdefault(name, []).append(r)
-        return {name: tuple(out[name]) for name in sorted(out)}
+        return {name: tuple(out[name]) for name in sorted(out, key=natural_key)}
 
     def stats(self) -> dict[str, dict[str, int]]:
         """Per split with rows, and per test list (``test:<name>``): number of images, pids,
@@ -175,6 +176,11 @@ def _parse_row(path: Path, lineno: int, fields: Sequence[str]) -> Row:
                    tuple(test_sets.split(TEST_SET_SEP)) if test_sets else ())
     except ValueError as err:
         raise ManifestError(f"{path}:{lineno}: {err}") from None
+
+
+def natural_key(name: str) -> list[tuple[int, int | str]]:
+    """Sort key that orders digit runs numerically: ``test_800`` < ``test_1600`` < ``test_full``."""
+    return [(0, int(t)) if t.isdigit() else (1, t) for t in re.split(r"(\d+)", name) if t]
 
 
 def contiguous_labels(pids: Iterable[int]) -> dict[int, int]:

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from reid.data.loaders.dali import AugmentConfig, iterate_eval
+from reid.data.protocols import GALLERY_CAMID, QUERY_CAMID, Protocol, ProtocolError
 from reid.data.shards import ShardsIndex
 from reid.evaluation.features import extract_features
-from reid.evaluation.plots import plot_cmc, write_cmc_csv
+from reid.evaluation.plots import plot_cmc, write_cmc_table
 from reid.evaluation.rank_metrics import rank_metrics
 from reid.io import atomic_write_json
 
@@ -43,38 +45,83 @@ class EvalSpec:
     num_threads: int = 2
 
 
-def score(model: torch.nn.Module, spec: EvalSpec) -> dict:
-    """Compute CMC, mAP and mINP of ``model`` on the query/gallery splits.
+METRICS = ("rank1", "rank5", "rank10", "mAP", "mINP")
 
-    Returns:
-        ``{"rank1", "rank5", "rank10", "mAP", "mINP"}`` as fractions in [0, 1], the counts
-        ``num_query``, ``num_gallery``, ``num_valid_queries``, ``num_excluded_queries``, and
-        ``"cmc"``, the full curve as a list of ``max_rank`` floats.
 
-    Raises:
-        ShardsError / ValueError: missing splits or no valid query.
-    """
-    index = ShardsIndex.load(spec.shards_dir)
-    cfg = AugmentConfig(image_size=tuple(spec.image_size), mean=tuple(spec.mean), std=tuple(spec.std),
-                        num_threads=spec.num_threads)
-    device = next(model.parameters()).device
-    q = extract_features(model, iterate_eval(index, index.keys("query"), cfg, spec.batch_size, device), spec.flip)
-    g = extract_features(model, iterate_eval(index, index.keys("gallery"), cfg, spec.batch_size, device), spec.flip)
-    res = rank_metrics(q.feats, g.feats, q.pids, g.pids, q.camids, g.camids, metric=spec.metric,
-                       max_rank=spec.max_rank, chunk_size=spec.chunk_size)
+def _round_metrics(res: dict, num_query: int, num_gallery: int) -> dict:
     cmc = res["cmc"]
     return {
         "rank1": float(cmc[0]), "rank5": float(cmc[min(4, len(cmc) - 1)]),
         "rank10": float(cmc[min(9, len(cmc) - 1)]), "mAP": float(res["mAP"]), "mINP": float(res["mINP"]),
-        "num_query": len(q.keys), "num_gallery": len(g.keys),
+        "num_query": num_query, "num_gallery": num_gallery,
         "num_valid_queries": int(res["num_valid_queries"]),
         "num_excluded_queries": int(res["num_excluded_queries"]),
-        "cmc": [float(x) for x in cmc],
+        "cmc": np.asarray(cmc, np.float64),
     }
 
 
-def write_reports(results: dict[str, dict], metrics_path: Path, plots_dir: Path, title: str) -> dict[str, Path]:
-    """Write ``metrics.json`` (everything but the CMC curves), a CMC PNG and one CMC CSV per entry.
+def _aggregate(rounds: list[dict]) -> dict:
+    """One set's result: a single round as is; several rounds as mean, plus ``<metric>_std``
+    (population std over rounds) and ``num_rounds``; counts are per round (means)."""
+    out = {k: float(np.mean([r[k] for r in rounds])) for k in METRICS}
+    if len(rounds) > 1:
+        out.update({f"{k}_std": float(np.std([r[k] for r in rounds])) for k in METRICS})
+    for k in ("num_query", "num_gallery", "num_valid_queries", "num_excluded_queries"):
+        values = [r[k] for r in rounds]
+        out[k] = values[0] if len(set(values)) == 1 else float(np.mean(values))
+    out["num_rounds"] = len(rounds)
+    out["cmc"] = [float(x) for x in np.mean([r["cmc"] for r in rounds], axis=0)]
+    return out
+
+
+def score(model: torch.nn.Module, spec: EvalSpec, protocol: Protocol) -> dict[str, dict]:
+    """Compute CMC, mAP and mINP of ``model`` for every set of ``protocol``.
+
+    Features are extracted once (``query`` + ``gallery`` shards for a fixed protocol, ``test``
+    shards for gallery draws); each round is then ranked with :func:`rank_metrics`. In drawn
+    rounds queries get camid 0 and the gallery camid 1, so no true match is filtered out.
+
+    Returns:
+        set name (``query_gallery``, or a test list such as ``test_1000``) -> ``{"rank1",
+        "rank5", "rank10", "mAP", "mINP"}`` as fractions in [0, 1] (means over rounds), their
+        ``<metric>_std`` over rounds when there are several, ``num_rounds``, the per-round counts
+        ``num_query``, ``num_gallery``, ``num_valid_queries``, ``num_excluded_queries``, and
+        ``"cmc"``: the (mean) curve as a list of ``max_rank`` floats.
+
+    Raises:
+        ShardsError / ProtocolError / ValueError: missing shards, a protocol that does not match
+            them, or a round without a valid query.
+    """
+    index = ShardsIndex.load(spec.shards_dir)
+    cfg = AugmentConfig(image_size=tuple(spec.image_size), mean=tuple(spec.mean), std=tuple(spec.std),
+                        num_threads=spec.num_threads)
+    splits = ("query", "gallery") if protocol.kind == "fixed" else ("test",)
+    keys = [k for split in splits for k in index.keys(split)]
+    device = next(model.parameters()).device
+    f = extract_features(model, iterate_eval(index, keys, cfg, spec.batch_size, device), spec.flip)
+    pos = {k: i for i, k in enumerate(f.keys)}
+    per_set: dict[str, list[dict]] = {}
+    for rnd in protocol.rounds(index.keys):
+        missing = [k for k in (*rnd.query, *rnd.gallery) if k not in pos]
+        if missing:
+            raise ProtocolError(f"{spec.shards_dir}: round {rnd.name}/{rnd.index} names keys not in the shards, "
+                                f"e.g. {missing[:3]}")
+        qi = torch.tensor([pos[k] for k in rnd.query])
+        gi = torch.tensor([pos[k] for k in rnd.gallery])
+        if protocol.kind == "fixed":
+            q_cam, g_cam = f.camids[qi.numpy()], f.camids[gi.numpy()]
+        else:
+            q_cam, g_cam = np.full(len(qi), QUERY_CAMID), np.full(len(gi), GALLERY_CAMID)
+        res = rank_metrics(f.feats[qi], f.feats[gi], f.pids[qi.numpy()], f.pids[gi.numpy()], q_cam, g_cam,
+                           metric=spec.metric, max_rank=spec.max_rank, chunk_size=spec.chunk_size)
+        per_set.setdefault(rnd.name, []).append(_round_metrics(res, len(qi), len(gi)))
+    return {name: _aggregate(rounds) for name, rounds in per_set.items()}
+
+
+def write_reports(results: dict[str, dict[str, dict]], metrics_path: Path, plots_dir: Path,
+                  title: str) -> dict[str, Path]:
+    """Write ``metrics.json`` (everything but the CMC curves), a CMC PNG of every curve and, per
+    label, a CMC CSV (``cmc_<label>.csv``: a ``rank`` column, then one column per set).
 
     Args:
         results: label (e.g. ``trained``, ``untrained``) -> :func:`score` output.
@@ -84,15 +131,22 @@ def write_reports(results: dict[str, dict], metrics_path: Path, plots_dir: Path,
     """
     plots_dir = Path(plots_dir)
     paths = {"metrics": Path(metrics_path)}
-    atomic_write_json(metrics_path, {label: {k: v for k, v in r.items() if k != "cmc"}
-                                     for label, r in results.items()})
-    curves = {label: r["cmc"] for label, r in results.items()}
-    extra = {label: {"Rank-1": r["rank1"], "mAP": r["mAP"]} for label, r in results.items()}
+    atomic_write_json(metrics_path, {label: {name: {k: v for k, v in r.items() if k != "cmc"}
+                                             for name, r in sets.items()}
+                                     for label, sets in results.items()})
+    curves = {f"{label} {name}": r["cmc"] for label, sets in results.items() for name, r in sets.items()}
+    extra = {f"{label} {name}": {"Rank-1": r["rank1"], "mAP": r["mAP"]}
+             for label, sets in results.items() for name, r in sets.items()}
     paths["cmc_png"] = plot_cmc(curves, plots_dir / "cmc.png", title=title, extra=extra)
-    for label, r in results.items():
-        paths[f"{label}_cmc_csv"] = plots_dir / f"cmc_{label}.csv"
-        write_cmc_csv(r["cmc"], paths[f"{label}_cmc_csv"])
+    for label, sets in results.items():
+        paths[f"{label}_cmc_csv"] = write_cmc_table({name: r["cmc"] for name, r in sets.items()},
+                                                    plots_dir / f"cmc_{label}.csv")
     return paths
+
+
+def flat_metrics(sets: dict[str, dict], prefix: str = "") -> dict[str, float]:
+    """``{"<prefix><set>.<metric>": value}`` for every scalar of a :func:`score` result (for MLflow)."""
+    return {f"{prefix}{name}.{k}": float(v) for name, r in sets.items() for k, v in r.items() if k != "cmc"}
 
 
 def eval_spec_for(meta: dict, shards_dir: Path, metric: str, flip: bool, batch_size: int,
@@ -112,16 +166,20 @@ def untrained_like(meta: dict, seed: int) -> torch.nn.Module:
     return build(meta["name"], meta["num_classes"], **meta["kwargs"]).eval()
 
 
-def periodic_validator(spec: EvalSpec, period: int, last_epoch: int):
+def periodic_validator(spec: EvalSpec, protocol: Protocol, period: int, last_epoch: int):
     """An epoch-end hook for :func:`reid.engine.trainer.train` that scores the model every
-    ``period`` epochs and at ``last_epoch``, returning ``{"val.rank1", "val.rank5", "val.mAP", "val.mINP"}``
-    (fractions in [0, 1]) on those epochs and ``{}`` otherwise. ``period`` 0 never scores.
+    ``period`` epochs and at ``last_epoch`` on the protocol's first set (``query_gallery``, or the
+    smallest test list), returning ``{"val.rank1", "val.rank5", "val.mAP", "val.mINP"}`` (fractions
+    in [0, 1], means over rounds) on those epochs and ``{}`` otherwise. ``period`` 0 never scores.
     """
+    first = next(iter(protocol.sets))
+    protocol = replace(protocol, sets={first: protocol.sets[first]},
+                       members={first: protocol.members[first]} if protocol.members else {})
 
     def validate(epoch: int, module: torch.nn.Module) -> dict:
         if period <= 0 or (epoch % period and epoch != last_epoch):
             return {}
-        r = score(module, spec)
+        r = score(module, spec, protocol)[first]
         return {f"val.{k}": r[k] for k in ("rank1", "rank5", "mAP", "mINP")}
 
     return validate

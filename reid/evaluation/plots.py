@@ -93,18 +93,30 @@ def plot_cmc(
 
 
 def write_cmc_csv(cmc: Any, path: str | Path) -> Path:
-    """Write a CMC curve as CSV with header ``rank,cmc`` (a DVC plot file), atomically.
+    """Write one CMC curve as CSV with header ``rank,cmc`` (see :func:`write_cmc_table`)."""
+    return write_cmc_table({"cmc": cmc}, path)
 
-    One row per rank: ``rank`` is 1-based, ``cmc`` the matching rate as a fraction in ``[0, 1]``
+
+def write_cmc_table(curves: Mapping[str, Any], path: str | Path) -> Path:
+    """Write CMC curves as one CSV (a DVC plot file), atomically: header ``rank,<name>,...``.
+
+    One row per rank: ``rank`` is 1-based, each curve's matching rate a fraction in ``[0, 1]``
     written with Python's shortest round-trip float repr (exact, byte-stable).
 
-    Returns ``path`` as a :class:`~pathlib.Path`. Raises ValueError for an empty, non-1-D,
-    non-finite or out-of-[0, 1] curve.
+    Returns ``path`` as a :class:`~pathlib.Path`. Raises ValueError for no curves, curves of
+    different lengths, a name with a comma, or an empty, non-1-D, non-finite or out-of-[0, 1] curve.
     """
-    arr = _as_cmc(cmc, "cmc")
-    lines = ["rank,cmc"]
-    lines.extend(f"{k},{float(v)!r}" for k, v in enumerate(arr.tolist(), start=1))
+    if not curves:
+        raise ValueError("write_cmc_table: no curves")
+    arrays = {name: _as_cmc(c, name) for name, c in curves.items()}
+    if len({len(a) for a in arrays.values()}) != 1:
+        raise ValueError(f"write_cmc_table: curves differ in length: { {n: len(a) for n, a in arrays.items()} }")
+    if any("," in name or not name for name in arrays):
+        raise ValueError(f"write_cmc_table: bad curve name in {list(arrays)}")
+    lines = ["rank," + ",".join(arrays)]
+    columns = [a.tolist() for a in arrays.values()]
+    lines.extend(f"{k}," + ",".join(repr(float(col[k - 1])) for col in columns)
+                 for k in range(1, len(columns[0]) + 1))
     path = Path(path)
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path
-

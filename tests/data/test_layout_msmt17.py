@@ -86,10 +86,13 @@ def test_exact_rows_on_hand_made_v1(fixture_v1):
 
 
 def test_dispatcher_passes_common_options(fixture_v1):
-    manifest = parse("msmt17", str(fixture_v1), dataset="cuhk", test_set=None, gallery_seed=0, check_images=False)
+    # test_sets is a common option msmt17 does not take: ignored; a None option is dropped
+    manifest = parse("msmt17", str(fixture_v1), dataset="cuhk", test_sets=["test_1000"], val=None, check_images=False)
     assert manifest.dataset == "cuhk" and list(manifest.rows) == _expected()
     with pytest.raises(TypeError, match="colour"):
         parse("msmt17", fixture_v1, colour="red")
+    with pytest.raises(TypeError, match="gallery_seed"):
+        parse("msmt17", fixture_v1, gallery_seed=0)
     with pytest.raises(ValueError, match="unknown dataset layout 'market'"):
         parse("market", fixture_v1)
 
@@ -97,6 +100,39 @@ def test_dispatcher_passes_common_options(fixture_v1):
 def test_v2_folder_names_accepted(tmp_path):
     root = make_msmt(tmp_path / "MSMT17_V2", "mask_train_v2", "mask_test_v2")
     assert list(msmt17.parse(root).rows) == _expected("mask_train_v2", "mask_test_v2")
+
+
+def test_val_holdout_keeps_list_val_apart(fixture_v1):
+    merged = msmt17.parse(fixture_v1)
+    assert msmt17.parse(fixture_v1, val="merge") == merged
+    held = msmt17.parse(fixture_v1, val="holdout")
+    val_row = "train/0002/0002_001_05_0113afternoon_0101_0.jpg"
+    expected = [r if r.relpath != val_row else Row(r.key, r.relpath, r.pid, r.camid, r.model_id, "val")
+                for r in _expected()]
+    assert list(held.rows) == expected  # same order: train, val, query, gallery
+    assert [(r.relpath, r.pid, r.camid) for r in held.split("val")] == [(val_row, 2, 4)]  # train pid kept
+    assert [r.pid for r in held.rows if r.split in ("query", "gallery")] == [3, 4, 3, 4, 4]  # same test offset
+    assert parse("msmt17", fixture_v1, val="holdout", test_sets=["test_800"]).rows == held.rows
+    assert held.stats()["val"] == {"images": 1, "pids": 1, "camids": 1, "models": 0}
+
+
+@pytest.mark.parametrize("val", ["drop", "Merge", ""])
+def test_val_unknown_mode(fixture_v1, val):
+    with pytest.raises(ValueError, match=f"val must be one of .*got {val!r}"):
+        msmt17.parse(fixture_v1, val=val)
+
+
+def test_val_holdout_offset_counts_val_only_pids(fixture_v1):
+    # a val-only identity above every list_train pid still pushes the test offset in both modes
+    path = fixture_v1 / "train/0009/0009_000_01_0113morning_0001_0.jpg"
+    path.parent.mkdir()
+    Image.new("RGB", (4, 8)).save(path, format="JPEG")
+    with (fixture_v1 / "list_val.txt").open("a") as fh:
+        fh.write("0009/0009_000_01_0113morning_0001_0.jpg 9\n")
+    for val in ("merge", "holdout"):
+        manifest = msmt17.parse(fixture_v1, val=val)
+        assert {r.pid for r in manifest.rows if r.split in ("query", "gallery")} == {10, 11}
+    assert {r.pid for r in manifest.split("val")} == {2, 9}
 
 
 def test_neither_v1_nor_v2_folders(tmp_path):

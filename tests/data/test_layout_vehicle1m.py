@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 
@@ -38,24 +36,9 @@ def fixture_root(tmp_path: Path) -> Path:
     return make_vehicle1m(tmp_path / "Vehicle-1M")
 
 
-def _gallery_pick(seed: int, vid: int, n: int) -> int:
-    """The documented draw: index into the vehicle's relpath-sorted images."""
-    return int(np.random.default_rng([seed, vid]).integers(n))
-
-
-def _expected_test_rows(vids: list[int], seed: int) -> tuple[list[Row], list[Row]]:
-    query, gallery = [], []
-    for vid in vids:
-        model, names = VEHICLES[vid]
-        rels = sorted(f"image/{vid}/{n}.jpg" for n in names)
-        pick = _gallery_pick(seed, vid, len(rels))
-        for i, rel in enumerate(rels):
-            key = rel[:-4].replace("/", "__")
-            if i == pick:
-                gallery.append(Row(key, rel, vid, 1, model, "gallery"))
-            else:
-                query.append(Row(key, rel, vid, 0, model, "query"))
-    return sorted(query, key=lambda r: r.relpath), sorted(gallery, key=lambda r: r.relpath)
+def _test_row(vid: int, name: str, lists: tuple[str, ...]) -> Row:
+    rel = f"image/{vid}/{name}.jpg"
+    return Row(rel[:-4].replace("/", "__"), rel, vid, 0, VEHICLES[vid][0], "test", lists)
 
 
 TRAIN_ROWS = [
@@ -63,43 +46,46 @@ TRAIN_ROWS = [
     Row("image__3__1", "image/3/1.jpg", 3, 0, 1, "train"),
     Row("image__5__0", "image/5/0.jpg", 5, 0, 1, "train"),
 ]
+BOTH = ("test_1000", "test_2000")
+TEST_ROWS = [
+    _test_row(12, "0", ("test_2000",)),  # "image/12/0.jpg" sorts before "image/7/..."
+    _test_row(7, "a", BOTH), _test_row(7, "b", BOTH), _test_row(7, "c", BOTH),
+    _test_row(9, "0", BOTH), _test_row(9, "1", BOTH),
+]
 
 
 def test_exact_rows_on_hand_made_fixture(fixture_root):
     before = sorted(p.as_posix() for p in fixture_root.rglob("*"))
-    manifest = vehicle1m.parse(fixture_root)  # test_1000, gallery_seed 0
+    manifest = vehicle1m.parse(fixture_root)  # every test list present
     assert manifest.dataset == "vehicle1m"
-    query, gallery = _expected_test_rows([7, 9], seed=0)
-    assert list(manifest.rows) == TRAIN_ROWS + query + gallery
-    assert [r.pid for r in gallery] == [7, 9] and len(query) == 3
+    assert list(manifest.rows) == TRAIN_ROWS + TEST_ROWS
+    sets = manifest.test_sets()
+    assert list(sets) == ["test_1000", "test_2000"]
+    assert [len(sets[n]) for n in sets] == [5, 6]
     assert sorted(p.as_posix() for p in fixture_root.rglob("*")) == before  # the parser writes nothing
     assert get_parser("vehicle1m") is vehicle1m.parse
 
 
-def test_other_test_set_split_folder_name_and_seed(tmp_path):
+def test_restricted_test_sets_and_split_folder_name(tmp_path):
     root = make_vehicle1m(tmp_path / "Vehicle-1M", split_dir="train_test_split")
-    manifest = vehicle1m.parse(root, test_set="test_2000", gallery_seed=5)
-    query, gallery = _expected_test_rows([7, 9, 12], seed=5)
-    assert list(manifest.rows) == TRAIN_ROWS + query + gallery
-    assert [r.relpath for r in gallery if r.pid == 12] == ["image/12/0.jpg"]  # single image -> gallery only
+    manifest = vehicle1m.parse(root, test_sets=["test_1000"])
+    assert list(manifest.rows) == TRAIN_ROWS + [
+        _test_row(7, "a", ("test_1000",)), _test_row(7, "b", ("test_1000",)), _test_row(7, "c", ("test_1000",)),
+        _test_row(9, "0", ("test_1000",)), _test_row(9, "1", ("test_1000",))]
     assert vehicle1m.available_test_sets(root) == ["test_1000", "test_2000"]
-    via_dispatch = parse("vehicle1m", root, dataset="v1m", test_set="test_2000", gallery_seed=5, check_images=True)
+    via_dispatch = parse("vehicle1m", root, dataset="v1m", test_sets=["test_1000"], check_images=True)
     assert via_dispatch.dataset == "v1m" and via_dispatch.rows == manifest.rows
 
 
-def test_draw_independent_of_line_order(fixture_root):
+def test_rows_independent_of_line_order(fixture_root):
     path = fixture_root / "train-test-split" / "test_1000.txt"
     original = vehicle1m.parse(fixture_root)
     path.write_text("".join(f"{line}\n" for line in reversed(LISTS["test_1000.txt"])))
     assert vehicle1m.parse(fixture_root) == original
 
 
-def test_camid_rule_never_drops_a_true_match(fixture_root):
-    manifest = vehicle1m.parse(fixture_root, test_set="test_2000")
-    gallery = {(r.pid, r.camid) for r in manifest.split("gallery")}
-    assert all((q.pid, q.camid) not in gallery for q in manifest.split("query"))
-    assert all((q.pid, 1) in gallery for q in manifest.split("query"))  # ...and every query has its match
-    assert {r.camid for r in manifest.split("train")} == {0}
+def test_one_camera_for_every_row(fixture_root):
+    assert {r.camid for r in vehicle1m.parse(fixture_root).rows} == {0}
 
 
 def _set_line(root: Path, list_name: str, lineno: int, new: str | None) -> None:
@@ -166,8 +152,8 @@ def test_unreadable_image(fixture_root):
 
 
 def test_unknown_test_set_lists_available(fixture_root):
-    with pytest.raises(LayoutError, match=r"test_3000\.txt: unknown test_set 'test_3000'; available: test_1000, test_2000"):
-        vehicle1m.parse(fixture_root, test_set="test_3000")
+    with pytest.raises(LayoutError, match=r"test_3000\.txt: unknown test list 'test_3000'; available: test_1000, test_2000"):
+        vehicle1m.parse(fixture_root, test_sets=["test_1000", "test_3000"])
 
 
 def test_missing_train_list_and_split_folder(fixture_root):
@@ -179,20 +165,13 @@ def test_missing_train_list_and_split_folder(fixture_root):
 
 
 def test_synthetic_default_round_trip(default_vehicle1m):
-    manifests = {name: vehicle1m.parse(default_vehicle1m, test_set=name) for name in ("test_1000", "test_2000", "test_3000")}
-    for name, manifest in manifests.items():
-        stats = manifest.stats()
-        assert stats["train"] == {"images": 512, "pids": 64, "camids": 1, "models": 12}
-        assert stats["gallery"]["images"] == stats["gallery"]["pids"] == stats["query"]["pids"]
-        assert Counter(r.pid for r in manifest.split("gallery")).most_common(1)[0][1] == 1
-        assert stats["query"]["images"] == 7 * stats["query"]["pids"]
-        gallery = {(r.pid, r.camid) for r in manifest.split("gallery")}
-        assert not any((q.pid, q.camid) in gallery for q in manifest.split("query"))
-    assert [manifests[n].stats()["gallery"]["pids"] for n in manifests] == [11, 22, 32]
-    # nested test sets: a vehicle keeps its gallery image whichever test set it is in
-    small = set(r.relpath for r in manifests["test_1000"].split("gallery"))
-    large = set(r.relpath for r in manifests["test_3000"].split("gallery"))
-    assert small < large
-    # a different gallery_seed draws differently (32 vehicles with 8 images each)
-    other = set(r.relpath for r in vehicle1m.parse(default_vehicle1m, "test_3000", gallery_seed=1).split("gallery"))
-    assert other != large and len(other) == len(large)
+    manifest = vehicle1m.parse(default_vehicle1m)
+    stats = manifest.stats()
+    assert stats["train"] == {"images": 512, "pids": 64, "camids": 1, "models": 12}
+    assert [stats[f"test:{n}"]["pids"] for n in ("test_1000", "test_2000", "test_3000")] == [11, 22, 32]
+    assert [stats[f"test:{n}"]["images"] for n in ("test_1000", "test_2000", "test_3000")] == [88, 176, 256]
+    assert stats["test"] == {"images": 256, "pids": 32, "camids": 1, "models": stats["test:test_3000"]["models"]}
+    sets = manifest.test_sets()
+    # the official lists are nested, and every test row says which lists hold it
+    assert {r.key for r in sets["test_1000"]} < {r.key for r in sets["test_2000"]} < {r.key for r in sets["test_3000"]}
+    assert all(set(r.test_sets) == {n for n in sets if r in sets[n]} for r in manifest.split("test"))

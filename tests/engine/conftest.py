@@ -8,6 +8,7 @@ import yaml
 
 from reid.data import synthetic
 from reid.data.layouts import parse
+from reid.data.protocols import build_protocol
 from reid.data.shards import write_shards
 
 REPO = Path(__file__).resolve().parents[2]
@@ -16,12 +17,14 @@ DIST_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADD
 
 @pytest.fixture(scope="session")
 def tiny_shards(tmp_path_factory) -> Path:
-    """shards/msmt17 of a 12-id, 3-camera synthetic MSMT17 at 64x32 px, under a fresh work dir."""
+    """shards/msmt17 (+ manifests/msmt17.protocol.json) of a 12-id, 3-camera synthetic MSMT17 at 64x32 px, under a fresh work dir."""
     work = tmp_path_factory.mktemp("engine")
     cfg = synthetic.MSMT17SynthConfig(num_train_ids=12, num_test_ids=4, num_cameras=3, cameras_per_id=2,
                                       images_per_id_camera=2, height=64, width=32, seed=1)
     root = synthetic.write_msmt17(work / "data", cfg)
-    write_shards(parse("msmt17", root), root, work / "shards" / "msmt17", 1 << 20)
+    manifest = parse("msmt17", root)
+    write_shards(manifest, root, work / "shards" / "msmt17", 1 << 20)
+    build_protocol(manifest, num_draws=1, seed=0).write(work / "manifests" / "msmt17.protocol.json")
     return work
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from reid.data.manifest import Manifest
+from reid.data.manifest import SPLITS, Manifest
 
 REPO = Path(__file__).resolve().parents[2]
 DATASETS = ("msmt17", "vehicle1m")  # prepare + shard
@@ -43,6 +43,8 @@ MAX_RANK = 10
 IMAGE_SIZE = {"msmt17": [64, 32], "vehicle1m": [48, 48]}
 EMBED_DIM = 512  # resnet_bnneck depth 18
 METRIC_KEYS = ("rank1", "rank5", "rank10", "mAP", "mINP")
+#: the evaluation set of a fixed query/gallery protocol (the datasets in TRAINED have one)
+SET = "query_gallery"
 #: trained mAP must beat the untrained model of the same architecture by at least this much.
 MIN_MAP_GAIN = 0.1
 STAGE_TIMEOUT_S = 300
@@ -56,7 +58,7 @@ def tiny_params() -> dict:
         "msmt17": {"layout": "msmt17", "root": "data/synthetic/MSMT17_V1", "image_size": IMAGE_SIZE["msmt17"],
                    "check_images": True},
         "vehicle1m": {"layout": "vehicle1m", "root": "data/synthetic/Vehicle-1M",
-                      "image_size": IMAGE_SIZE["vehicle1m"], "test_set": "test_3000", "gallery_seed": 0,
+                      "image_size": IMAGE_SIZE["vehicle1m"], "num_draws": 3, "gallery_seed": 0,
                       "check_images": True},
     }
     p["synthetic"]["out_dir"] = "data/synthetic"
@@ -173,10 +175,13 @@ def client(pipe: Pipeline):
 def test_metrics_json(pipe: Pipeline, ds: str):
     metrics = pipe.metrics(ds)
     assert set(metrics) == {"trained", "untrained"}
+    assert all(set(sets) == {SET} for sets in metrics.values())
+    metrics = {label: sets[SET] for label, sets in metrics.items()}
     manifest = pipe.manifest(ds)
     n_query, n_gallery = len(manifest.split("query")), len(manifest.split("gallery"))
     assert n_query > 0 and n_gallery > 0
     for label, m in metrics.items():
+        assert m["num_rounds"] == 1 and "mAP_std" not in m
         for key in METRIC_KEYS:
             assert 0.0 <= m[key] <= 1.0, (label, key, m[key])
         assert m["rank1"] <= m["rank5"] <= m["rank10"], (label, m)
@@ -197,12 +202,19 @@ def test_manifest_stats(pipe: Pipeline, ds: str):
         assert stats["query"]["pids"] == stats["gallery"]["pids"] == syn["num_test_ids"]
         assert stats["train"]["images"] == syn["num_train_ids"] * syn["cameras_per_id"] * syn["images_per_id_camera"]
     else:
-        for split in ("train", "query", "gallery"):
+        for split in ("train", "test"):
             assert stats[split]["models"] > 0, (split, stats)
-        # VehicleID convention: one gallery image per test vehicle, the other images are queries.
-        assert stats["gallery"]["images"] == stats["gallery"]["pids"] == stats["query"]["pids"]
         n_vehicles = syn["num_models"] * syn["vehicles_per_model"]
-        assert stats["train"]["pids"] + stats["gallery"]["pids"] == n_vehicles
+        assert stats["train"]["pids"] + stats["test"]["pids"] == n_vehicles
+        # VehicleID convention: per test list and round, one gallery image per vehicle, the rest queries
+        from reid.data.protocols import Protocol
+
+        protocol = Protocol.read(pipe.work / "manifests" / f"{ds}.protocol.json")
+        lists = [name for name in stats if name.startswith("test:")]
+        assert protocol.kind == "gallery_draws" and [f"test:{n}" for n in protocol.sets] == lists
+        for name, draws in protocol.sets.items():
+            assert len(draws) == pipe.params["datasets"][ds].get("num_draws", 10)
+            assert all(len(d) == stats[f"test:{name}"]["pids"] for d in draws)
 
 
 @pytest.mark.parametrize("ds", DATASETS)
@@ -211,7 +223,9 @@ def test_shards_hold_the_manifest(pipe: Pipeline, ds: str):
 
     manifest = pipe.manifest(ds)
     with ShardsIndex.load(pipe.work / "shards" / ds) as index:
-        for split in ("train", "query", "gallery"):
+        present = tuple(split for split in SPLITS if manifest.split(split))
+        assert index.splits() == present == (("train", "query", "gallery") if ds == "msmt17" else ("train", "test"))
+        for split in present:
             rows = manifest.split(split)
             assert index.keys(split) == [r.key for r in rows], split
             assert index.pids(split) == [r.pid for r in rows], split
@@ -234,13 +248,13 @@ def test_plots(pipe: Pipeline, ds: str):
     for label in ("trained", "untrained"):
         with (pipe.work / "plots" / ds / f"cmc_{label}.csv").open(newline="") as fh:
             rows = list(csv.reader(fh))
-        assert rows[0] == ["rank", "cmc"]
+        assert rows[0] == ["rank", SET]
         body = rows[1:]
         assert [int(r[0]) for r in body] == list(range(1, MAX_RANK + 1))
         cmc = [float(r[1]) for r in body]
         assert all(0.0 <= c <= 1.0 for c in cmc)
         assert all(a <= b for a, b in zip(cmc, cmc[1:])), cmc
-        m = metrics[label]
+        m = metrics[label][SET]
         assert (cmc[0], cmc[4], cmc[9]) == pytest.approx((m["rank1"], m["rank5"], m["rank10"]), abs=1e-12)
 
 
@@ -281,8 +295,8 @@ def test_mlflow_run(pipe: Pipeline, client, ds: str):
     metrics = pipe.metrics(ds)
     final = run.data.metrics
     for key in ("rank1", "rank5", "mAP", "mINP"):
-        assert final[key] == pytest.approx(metrics["trained"][key], abs=1e-9), key
-        assert final[f"untrained.{key}"] == pytest.approx(metrics["untrained"][key], abs=1e-9), key
+        assert final[f"{SET}.{key}"] == pytest.approx(metrics["trained"][SET][key], abs=1e-9), key
+        assert final[f"untrained.{SET}.{key}"] == pytest.approx(metrics["untrained"][SET][key], abs=1e-9), key
 
 
 @pytest.mark.parametrize("ds", TRAINED)
@@ -365,9 +379,9 @@ def test_cross_dataset_by_run_folder(pipe: Pipeline, cross: dict):
     out = cross["dir"]
     result = json.loads((out / "metrics.json").read_text())
     assert set(result) == {"trained"}
-    stage = pipe.metrics("msmt17")["trained"]
+    stage = pipe.metrics("msmt17")["trained"][SET]
     for key in (*METRIC_KEYS, "num_query", "num_gallery", "num_valid_queries"):
-        assert result["trained"][key] == pytest.approx(stage[key], abs=1e-6), key
+        assert result["trained"][SET][key] == pytest.approx(stage[key], abs=1e-6), key
     assert (out / "cmc.png").read_bytes()[:8] == PNG_MAGIC
     assert (out / "cmc_trained.csv").read_text() == (pipe.work / "plots" / "msmt17" / "cmc_trained.csv").read_text()
 
@@ -377,8 +391,8 @@ def test_cross_dataset_by_mlflow_uri(pipe: Pipeline, cross: dict):
     by_dir = json.loads((cross["dir"] / "metrics.json").read_text())
     assert set(by_uri) == {"trained"}
     for key in (*METRIC_KEYS, "num_query", "num_gallery"):
-        assert by_uri["trained"][key] == pytest.approx(by_dir["trained"][key], abs=1e-6), key
-    assert by_uri["trained"]["mAP"] == pytest.approx(pipe.metrics("msmt17")["trained"]["mAP"], abs=1e-6)
+        assert by_uri["trained"][SET][key] == pytest.approx(by_dir["trained"][SET][key], abs=1e-6), key
+    assert by_uri["trained"][SET]["mAP"] == pytest.approx(pipe.metrics("msmt17")["trained"][SET]["mAP"], abs=1e-6)
 
 
 # ------------------------------------------------------------------------------------------

@@ -2,8 +2,10 @@
 
 Each submodule ``reid.data.layouts.<name>`` exposes ``parse(root: Path, ...) -> Manifest`` that
 reads one official layout (``msmt17`` for the ``MSMT17_V1``/``MSMT17_V2`` folders, ``vehicle1m``
-for ``Vehicle-1M``) and raises :class:`LayoutError` (``"<file>:<line>: <what>"``) on anything that
-does not follow it. Parsers never write to disk. :func:`parse` dispatches on the layout name.
+for ``Vehicle-1M``, ``market1501`` for Market-1501 / DukeMTMC-reID style folders, ``veri776`` for
+``VeRi``, ``vehicleid`` for ``VehicleID_V1.0``) and raises :class:`LayoutError`
+(``"<file>:<line>: <what>"``) on anything that does not follow it. Parsers never write to disk.
+:func:`parse` dispatches on the layout name.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from reid.data.manifest import Manifest
 __all__ = ["LayoutError", "get_parser", "parse", "LAYOUT_OPTIONS"]
 
 #: Options a caller may pass to :func:`parse` for every layout; a layout whose parser does not
-#: take one of them ignores it (e.g. ``test_set``/``gallery_seed`` for ``msmt17``).
-LAYOUT_OPTIONS = frozenset({"test_set", "gallery_seed", "check_images"})
+#: take one of them ignores it (e.g. ``test_set``/``gallery_seed``/``test_sets`` for ``msmt17``,
+#: ``val`` for everything but ``msmt17``).
+LAYOUT_OPTIONS = frozenset({"check_images", "test_sets", "val"})
 
 
 def get_parser(name: str) -> Callable[..., Manifest]:

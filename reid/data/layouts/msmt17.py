@@ -10,7 +10,8 @@ On-disk format read (``root`` is the ``MSMT17_V1`` or ``MSMT17_V2`` folder itsel
 
 File names read ``<pid:04d>_<idx:03d>_<cam:02d>_<date><slot>_<frame:04d>_<n>.jpg``, e.g.
 ``0000_000_01_0303morning_0015_0.jpg``; the camera field is 1-based (01..15). Test pids restart
-at 0, so the parser offsets them past the train pids.
+at 0, so the parser offsets them past the train pids. ``list_val.txt`` holds images of train
+identities; the parser merges it into train (default) or keeps it apart as the ``val`` split.
 """
 
 from __future__ import annotations
@@ -24,13 +25,15 @@ from reid.data.manifest import SPLITS, Manifest, Row, key_from_relpath
 DATASET = "msmt17"
 #: (train folder, test folder) of V1 and V2, in detection order.
 FOLDERS = (("train", "test"), ("mask_train_v2", "mask_test_v2"))
-#: list file -> (split, which image folder it is relative to)
+#: list file -> (split, which image folder it is relative to); ``val`` becomes ``train`` when merged.
 LISTS = (
     ("list_train.txt", "train", 0),
-    ("list_val.txt", "train", 0),
+    ("list_val.txt", "val", 0),
     ("list_query.txt", "query", 1),
     ("list_gallery.txt", "gallery", 1),
 )
+#: values of ``parse``'s ``val`` option.
+VAL_MODES = ("merge", "holdout")
 FILE_NAME = re.compile(
     r"(?P<pid>\d+)_(?P<idx>\d+)_(?P<cam>\d+)_(?P<date>\d+[A-Za-z]+)_(?P<frame>\d+)_(?P<n>\d+)\.jpg",
     re.IGNORECASE,
@@ -58,23 +61,31 @@ def _detect_folders(root: Path) -> tuple[str, str]:
     )
 
 
-def parse(root: str | Path, check_images: bool = True) -> Manifest:
+def parse(root: str | Path, check_images: bool = True, val: str = "merge") -> Manifest:
     """Read an MSMT17_V1 or MSMT17_V2 folder into a :class:`Manifest` named ``msmt17``.
 
     The version is detected from the image folders: ``train/`` + ``test/`` (V1, preferred when
     both exist) or ``mask_train_v2/`` + ``mask_test_v2/`` (V2).
 
+    Args:
+        root: the ``MSMT17_V1`` or ``MSMT17_V2`` folder.
+        check_images: also open every image with PIL and ``verify()`` it.
+        val: what to do with ``list_val.txt``: ``"merge"`` (its rows are train rows, as torchreid
+            does) or ``"holdout"`` (its rows get split ``val``, with their train pids).
+
     Returns:
         a Manifest whose rows are
 
-        * ``train``: ``list_train.txt`` and ``list_val.txt`` merged (as torchreid does);
+        * ``train``: ``list_train.txt``, plus ``list_val.txt`` when ``val="merge"``;
+        * ``val``: ``list_val.txt`` when ``val="holdout"`` (none otherwise);
         * ``query`` / ``gallery``: ``list_query.txt`` / ``list_gallery.txt``;
 
-        sorted by split (train, query, gallery) then ``relpath``. ``relpath`` is relative to
+        sorted by split (train, val, query, gallery) then ``relpath``. ``relpath`` is relative to
         ``root`` (e.g. ``train/0001/0001_000_01_0303morning_0015_0.jpg``),
         ``key = key_from_relpath(relpath)``, ``pid`` is the list pid (test pids offset by
-        ``max train pid + 1`` so they never collide with train pids), ``camid`` is the camera field
-        of the file name minus 1 (0-based), ``model_id`` is -1.
+        ``max train/val pid + 1`` so they never collide with train pids, and are the same for both
+        ``val`` modes), ``camid`` is the camera field of the file name minus 1 (0-based),
+        ``model_id`` is -1.
 
     Raises:
         LayoutError: ``"<file>:<line>: <what>"`` for a root without V1/V2 folders, a missing list
@@ -82,9 +93,12 @@ def parse(root: str | Path, check_images: bool = True) -> Manifest:
             a file name not in MSMT17 form or with camera 00, a pid that disagrees between list,
             folder and file name, an image listed twice, a missing image, or (with
             ``check_images``) an image PIL cannot open and ``verify()`` (the image path is named).
+        ValueError: if ``val`` is not one of ``"merge"``, ``"holdout"``.
 
     The parser only reads; it never writes anything.
     """
+    if val not in VAL_MODES:
+        raise ValueError(f"val must be one of {VAL_MODES}, got {val!r}")
     root = Path(root)
     folders = _detect_folders(root)
     seen: dict[str, tuple[Path, int]] = {}
@@ -100,16 +114,16 @@ def parse(root: str | Path, check_images: bool = True) -> Manifest:
                     list_path, lineno, f"image {relpath} listed twice (first at {first_path}:{first_line})"
                 )
             seen[relpath] = (list_path, lineno)
-            parsed.append((split, relpath, pid, camid))
+            parsed.append(("train" if split == "val" and val == "merge" else split, relpath, pid, camid))
 
-    train_pids = [pid for split, _, pid, _ in parsed if split == "train"]
+    train_pids = [pid for split, _, pid, _ in parsed if split in ("train", "val")]
     offset = max(train_pids, default=-1) + 1
     order = {name: i for i, name in enumerate(SPLITS)}
     rows = [
         Row(
             key=key_from_relpath(relpath),
             relpath=relpath,
-            pid=pid if split == "train" else pid + offset,
+            pid=pid if split in ("train", "val") else pid + offset,
             camid=camid,
             model_id=-1,
             split=split,

@@ -10,25 +10,26 @@ On-disk format read (``root`` is the ``Vehicle-1M`` folder itself)::
         ... each line "<vid>/<name>.jpg <vehicle_id> <model_id>"
 
 List paths are relative to ``image/``; paths that already start with ``image/`` are accepted too.
-Test lists hold every image of their test vehicles; the query/gallery split is drawn by the
-parser following the VehicleID convention (one gallery image per vehicle, the rest are queries).
+Test lists hold every image of their test vehicles; the query/gallery split is drawn per
+evaluation round by ``reid.data.protocols`` (VehicleID convention: one gallery image per
+vehicle, the rest are queries).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-
-import numpy as np
+from typing import Optional, Sequence
 
 from reid.data.layouts.errors import LayoutError, check_image, parse_id, read_list
-from reid.data.manifest import SPLITS, Manifest, Row, key_from_relpath
+from reid.data.manifest import Manifest, Row, key_from_relpath
 
 DATASET = "vehicle1m"
 IMAGE_DIR = "image"
 SPLIT_DIRS = ("train-test-split", "train_test_split")
 TRAIN_LIST = "train_list.txt"
-#: camid given to rows: Vehicle-1M has no camera ids (see ``parse``).
-TRAIN_CAMID, QUERY_CAMID, GALLERY_CAMID = 0, 0, 1
+#: Vehicle-1M has no camera ids; every row gets this one (evaluation protocols assign query and
+#: gallery cameras per draw, see ``reid.data.protocols``).
+CAMID = 0
 
 
 def _split_dir(root: Path) -> Path:
@@ -53,84 +54,69 @@ def available_test_sets(root: str | Path) -> list[str]:
 
 def parse(
     root: str | Path,
-    test_set: str = "test_1000",
-    gallery_seed: int = 0,
+    test_sets: Optional[Sequence[str]] = None,
     check_images: bool = True,
 ) -> Manifest:
     """Read a Vehicle-1M folder into a :class:`Manifest` named ``vehicle1m``.
 
     Args:
         root: the ``Vehicle-1M`` folder.
-        test_set: which test list to use, the stem of ``test_*.txt`` (``test_1000``, ``test_2000``
-            or ``test_3000`` in the official release).
-        gallery_seed: seed of the gallery draw (non-negative int).
+        test_sets: which test lists to read, as stems of ``test_*.txt`` (``test_1000``,
+            ``test_2000``, ``test_3000``, ``test_full`` in the official release); None reads every
+            list present.
         check_images: also open every image with PIL and ``verify()`` it.
 
     Returns:
-        a Manifest whose rows are, sorted by split (train, query, gallery) then ``relpath``:
+        a Manifest whose rows are, sorted by split (train, test) then ``relpath``:
 
-        * ``train``: every line of ``train_list.txt``;
-        * ``gallery``: per vehicle of the test list, ONE image drawn at random: the vehicle's
-          images are sorted by relpath and an index is drawn with
-          ``numpy.random.default_rng([gallery_seed, vehicle_id])``, so the draw is deterministic,
-          independent of file order and identical for a vehicle across test sets;
-        * ``query``: all other images of the test vehicles (a vehicle with a single image has
-          no query).
+        * ``train``: every line of ``train_list.txt`` (camid 0);
+        * ``test``: every image of the test lists read, once, with ``test_sets`` naming the lists
+          that hold it (the official lists are nested, so an image of ``test_1000`` is also in
+          ``test_2000``...). camid 0.
 
-        ``relpath`` is relative to ``root`` (``image/<vid>/<name>.jpg``),
-        ``key = key_from_relpath(relpath)``, ``pid`` = vehicle id (Vehicle-1M ids are already
-        unique across train and test, so no offset), ``model_id`` = the third list field.
-
-        Camera ids: Vehicle-1M has none. So that the standard "drop gallery entries with the
-        query's pid AND camid" filter never removes a true match, every query row gets camid 0,
-        every gallery row camid 1 and every train row camid 0.
+        The query/gallery roles of test images are not fixed here: following the VehicleID
+        convention, ``reid.data.protocols.draw_galleries`` draws one gallery image per vehicle
+        per evaluation round. ``relpath`` is relative to ``root`` (``image/<vid>/<name>.jpg``),
+        ``key = key_from_relpath(relpath)``, ``pid`` = vehicle id (Vehicle-1M ids are unique across
+        train and test, so no offset), ``model_id`` = the third list field.
 
     Raises:
         LayoutError: ``"<file>:<line>: <what>"`` for a missing split folder or list file, an
-            unknown ``test_set`` (the message lists the available ones), a malformed line (not
+            unknown test list (the message lists the available ones), a malformed line (not
             three fields, non-integer ids, path not ``<vid>/<name>``), a vehicle id that disagrees
             with its folder, a vehicle listed with two different model ids (across all lists read),
-            a test vehicle that is also a train vehicle, an image listed twice, a missing image, or
-            (with ``check_images``) an image PIL cannot open and verify (the image path is named).
-        ValueError: if ``gallery_seed`` is negative.
+            a test vehicle that is also a train vehicle, an image listed twice in one list, a
+            missing image, or (with ``check_images``) an image PIL cannot open and verify (the
+            image path is named).
 
     The parser only reads; it never writes anything.
     """
     root = Path(root)
-    if not isinstance(gallery_seed, (int, np.integer)) or gallery_seed < 0:
-        raise ValueError(f"gallery_seed must be a non-negative int, got {gallery_seed!r}")
     split_dir = _split_dir(root)
-    test_path = split_dir / f"{test_set}.txt"
-    if not test_path.is_file():
-        available = available_test_sets(root)
-        raise LayoutError(
-            test_path, None, f"unknown test_set {test_set!r}; available: {', '.join(available) or 'none'}"
-        )
+    available = available_test_sets(root)
+    names = available if test_sets is None else list(test_sets)
+    for name in names:
+        if name not in available:
+            raise LayoutError(split_dir / f"{name}.txt", None,
+                              f"unknown test list {name!r}; available: {', '.join(available) or 'none'}")
 
     models: dict[int, tuple[int, Path, int]] = {}  # vid -> (model_id, file, line) of first sight
-    seen: dict[str, tuple[Path, int]] = {}
-    train = _read(root, split_dir / TRAIN_LIST, models, seen, check_images)
-    test = _read(root, test_path, models, seen, check_images)
-
+    checked: set[str] = set()
+    train = _read(root, split_dir / TRAIN_LIST, models, checked, check_images)
     train_vids = {vid: (path, line) for _, vid, _, path, line in train}
-    by_vehicle: dict[int, list[tuple[str, int]]] = {}
-    for relpath, vid, model_id, path, line in test:
-        if vid in train_vids:
-            tpath, tline = train_vids[vid]
-            raise LayoutError(path, line, f"test vehicle {vid} is also a train vehicle (at {tpath}:{tline})")
-        by_vehicle.setdefault(vid, []).append((relpath, model_id))
+    test: dict[str, tuple[int, int, list[str]]] = {}  # relpath -> (vid, model_id, [test list names])
+    for name in names:
+        for relpath, vid, model_id, path, line in _read(root, split_dir / f"{name}.txt", models, checked,
+                                                         check_images):
+            if vid in train_vids:
+                tpath, tline = train_vids[vid]
+                raise LayoutError(path, line, f"test vehicle {vid} is also a train vehicle (at {tpath}:{tline})")
+            test.setdefault(relpath, (vid, model_id, []))[2].append(name)
 
-    rows: list[Row] = []
-    for relpath, vid, model_id, _, _ in train:
-        rows.append(Row(key_from_relpath(relpath), relpath, vid, TRAIN_CAMID, model_id, "train"))
-    for vid, images in by_vehicle.items():
-        images.sort()
-        pick = int(np.random.default_rng([int(gallery_seed), vid]).integers(len(images)))
-        for i, (relpath, model_id) in enumerate(images):
-            split, camid = ("gallery", GALLERY_CAMID) if i == pick else ("query", QUERY_CAMID)
-            rows.append(Row(key_from_relpath(relpath), relpath, vid, camid, model_id, split))
-    order = {name: i for i, name in enumerate(SPLITS)}
-    rows.sort(key=lambda r: (order[r.split], r.relpath))
+    rows = [Row(key_from_relpath(relpath), relpath, vid, CAMID, model_id, "train")
+            for relpath, vid, model_id, _, _ in sorted(train)]
+    rows += [Row(key_from_relpath(relpath), relpath, vid, CAMID, model_id, "test", tuple(sorted(lists)))
+             for relpath, (vid, model_id, lists) in sorted(test.items())]
     return Manifest(dataset=DATASET, rows=tuple(rows))
 
 
@@ -138,10 +124,12 @@ def _read(
     root: Path,
     list_path: Path,
     models: dict[int, tuple[int, Path, int]],
-    seen: dict[str, tuple[Path, int]],
+    checked: set[str],
     check_images: bool,
 ) -> list[tuple[str, int, int, Path, int]]:
+    """Parse one list file; ``checked`` holds the images already checked on disk (by any list)."""
     out = []
+    seen: dict[str, int] = {}  # relpath -> line, within this list
     for lineno, fields in read_list(list_path):
         if len(fields) != 3:
             raise LayoutError(
@@ -172,9 +160,10 @@ def _read(
             )
         relpath = f"{IMAGE_DIR}/{parts[0]}/{parts[1]}"
         if relpath in seen:
-            first_path, first_line = seen[relpath]
-            raise LayoutError(list_path, lineno, f"image {relpath} listed twice (first at {first_path}:{first_line})")
-        seen[relpath] = (list_path, lineno)
-        check_image(list_path, lineno, root / relpath, check_images)
+            raise LayoutError(list_path, lineno, f"image {relpath} listed twice (first at line {seen[relpath]})")
+        seen[relpath] = lineno
+        if relpath not in checked:
+            check_image(list_path, lineno, root / relpath, check_images)
+            checked.add(relpath)
         out.append((relpath, vid, model_id, list_path, lineno))
     return out
