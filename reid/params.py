@@ -82,6 +82,21 @@ class SyntheticParams(_Section):
     vehicle1m: SynthVehicle1MParams
 
 
+class DataChecksParams(_Section):
+    """``data_checks``: the validation pass of ``prepare`` (``reid.data.validation``).
+
+    ``decode``: full JPEG decode (else a header check). ``drop_small_ids``: drop train ids with
+    fewer than ``sampler.k`` images (else keep them); reported either way. ``fatal``: errors stop
+    ``prepare`` with the list of offending files, and nothing is written. ``workers``: processes.
+    """
+
+    enabled: bool
+    decode: bool
+    drop_small_ids: bool
+    fatal: bool
+    workers: int = Field(ge=1)
+
+
 class ShardParams(_Section):
     """``shard``: WebDataset shard size target in bytes."""
 
@@ -197,6 +212,7 @@ class Params(_Section):
 
     datasets: dict[str, DatasetParams]
     synthetic: SyntheticParams
+    data_checks: DataChecksParams
     shard: ShardParams
     sampler: SamplerParams
     loader: LoaderParams

@@ -42,7 +42,7 @@ from typing import Any, Iterable, Iterator, Sequence
 from PIL import Image, ImageFile
 from tqdm import tqdm
 
-from reid.data.manifest import Manifest, Row
+from reid.data.manifest import SPLITS, Manifest, Row
 from reid.io import atomic_write_json, atomic_write_text
 
 __all__ = [
@@ -220,6 +220,9 @@ class ValidationReport:
         (severity, count), then every error and warning with its message and files (at most 50
         files per issue, then a count), then the dropped train ids."""
         cfg = self.config
+        if not cfg.get("enabled", True):
+            return (f"# Data validation: {self.dataset}\n\n- images root: `{self.images_root}`\n"
+                    f"- manifest rows: {self.images}\n\n**Not run: data checks are disabled.**\n")
         mode = "full decode" if cfg.get("decode", True) else "header-only (PIL verify)"
         small = "dropped" if cfg.get("drop_small_ids") else "kept"
         lines = [
@@ -485,7 +488,7 @@ def validate(manifest: Manifest, images_root: str | Path, cfg: ValidationConfig)
 
 
 def _classify_duplicates(digest: str, members: list[Row]) -> tuple[str, str]:
-    splits = sorted({r.split for r in members}, key=("train", "val", "query", "gallery", "test").index)
+    splits = sorted({r.split for r in members}, key=SPLITS.index)
     pids = sorted({r.pid for r in members})
     where = ", ".join(f"{r.split} pid {r.pid}" for r in members)
     head = f"sha256 {digest[:16]}: {len(members)} files with the same content ({where})"
@@ -502,8 +505,14 @@ def _split_stats(rows: Iterable[Row]) -> dict[str, dict[str, int]]:
     for r in rows:
         images[r.split] += 1
         pids.setdefault(r.split, set()).add(r.pid)
-    order = ("train", "val", "query", "gallery", "test")
-    return {s: {"images": images[s], "pids": len(pids[s])} for s in order if images[s]}
+    return {s: {"images": images[s], "pids": len(pids[s])} for s in SPLITS if images[s]}
+
+
+def disabled_report(manifest: Manifest, images_root: str | Path) -> ValidationReport:
+    """The report of a run with data checks turned off: no check ran, nothing was found."""
+    return ValidationReport(dataset=manifest.dataset, images_root=str(images_root), config={"enabled": False},
+                            images=len(manifest.rows), files=0, splits=_split_stats(manifest.rows),
+                            errors=(), warnings=())
 
 
 def write_report(report: ValidationReport, path_txt: str | Path, path_json: str | Path | None = None) -> None:

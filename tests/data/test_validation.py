@@ -336,3 +336,15 @@ def test_duplicate_groups_in_order_of_first_occurrence(tmp_path):
     assert _summary(report.warnings) == [("duplicate_same_pid", ("train/x1.jpg", "train/x2.jpg", "train/x3.jpg"), (1,)),
                                          ("duplicate_same_pid", ("train/y1.jpg", "train/y2.jpg"), (2,))]
     assert report.warnings[0].message.startswith("sha256 ") and "3 files with the same content" in report.warnings[0].message
+
+
+def test_disabled_report_says_nothing_ran():
+    from reid.data.manifest import Manifest, Row
+    from reid.data.validation import disabled_report
+
+    m = Manifest("d", (Row("a", "a.jpg", 1, 0, -1, "train"), Row("b", "b.jpg", 2, 0, -1, "query")))
+    rep = disabled_report(m, "root")
+    assert rep.ok and not rep.warnings and rep.files == 0
+    assert rep.splits == {"train": {"images": 1, "pids": 1}, "query": {"images": 1, "pids": 1}}
+    assert "Not run: data checks are disabled" in rep.to_text()
+    assert rep.to_json()["config"] == {"enabled": False}

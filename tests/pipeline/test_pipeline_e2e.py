@@ -431,3 +431,33 @@ def test_malformed_list_line_fails_prepare(pipe: Pipeline, tmp_path: Path):
     assert "expected 2 fields" in r.stderr
     assert not (tmp_path / "manifests" / "msmt17.csv").exists()
     assert not (tmp_path / "manifests" / "msmt17.stats.json").exists()
+
+
+@pytest.mark.parametrize("ds", DATASETS)
+def test_prepare_writes_the_data_check_report(pipe: Pipeline, ds: str):
+    report = json.loads((pipe.work / "manifests" / f"{ds}.checks.json").read_text())
+    assert report["errors"] == [] and report["summary"]["images"] == len(pipe.manifest(ds).rows)
+    assert "**Result: OK" in (pipe.work / "manifests" / f"{ds}.checks.md").read_text()
+
+
+def test_fatal_data_check_fails_prepare_and_writes_nothing(pipe: Pipeline, tmp_path: Path):
+    src = pipe.work / pipe.params["datasets"]["msmt17"]["root"]
+    root = tmp_path / "data" / "MSMT17_V1"
+    shutil.copytree(src, root)
+    manifest = pipe.manifest("msmt17")
+    a, b = manifest.split("train")[0], next(r for r in manifest.split("train") if r.pid != manifest.split("train")[0].pid)
+    (root / b.relpath).write_bytes((root / a.relpath).read_bytes())  # same content under two pids
+    params = json.loads(json.dumps(pipe.params))
+    params["datasets"]["msmt17"]["root"] = "data/MSMT17_V1"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    r = run_module(tmp_path, pipe.env, "pipeline.prepare", "--params", "params.yaml", "--dataset", "msmt17",
+                   check=False)
+    assert r.returncode != 0
+    assert "data checks failed" in r.stderr and "duplicate_across_pids" in r.stderr, r.stderr[-2000:]
+    assert a.relpath in r.stderr and b.relpath in r.stderr
+    assert not (tmp_path / "manifests").exists()
+    # non-fatal: the same data prepares, and the report lists the problem
+    params["data_checks"]["fatal"] = False
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    run_module(tmp_path, pipe.env, "pipeline.prepare", "--params", "params.yaml", "--dataset", "msmt17")
+    assert "duplicate_across_pids" in (tmp_path / "manifests" / "msmt17.checks.md").read_text()
