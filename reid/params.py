@@ -21,13 +21,14 @@ class DatasetParams(_Section):
     """``datasets.<name>``: where a dataset lives and how to read it.
 
     ``root`` is the dataset folder in its official layout (``MSMT17_V1``/``MSMT17_V2`` or
-    ``Vehicle-1M``), relative to the repository root or absolute. ``image_size`` is
+    ``Vehicle-1M``, or the root of a VehicleID, Market-1501 or VeRi-776 copy), relative to the
+    repository root or absolute. ``image_size`` is
     ``[height, width]`` in pixels of the network input. ``test_sets`` picks the test lists of
     vehicle layouts (null: all present); each is scored over ``num_draws`` random gallery draws
     seeded by ``gallery_seed``. ``val`` (MSMT17): merge ``list_val`` into train or hold it out.
     """
 
-    layout: Literal["msmt17", "vehicle1m"]
+    layout: Literal["msmt17", "vehicle1m", "vehicleid", "market1501", "veri776"]
     root: str
     image_size: tuple[int, int]
     test_sets: Optional[list[str]] = None
