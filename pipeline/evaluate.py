@@ -86,7 +86,7 @@ def main() -> None:
     p.add_argument("--dataset", help="stage mode: a key of params.yaml's datasets section")
     p.add_argument("--model", help="cross mode: run folder, model.pt path or MLflow model URI")
     p.add_argument("--root", help="cross mode: dataset root in its official layout")
-    p.add_argument("--layout", help="cross mode: layout of --root (msmt17, vehicle1m)")
+    p.add_argument("--layout", help="cross mode: layout of --root (msmt17, vehicle1m, vehicleid, market1501, veri776)")
     p.add_argument("--test-sets", nargs="+", default=None, help="cross mode, vehicle layouts: test lists (default all)")
     p.add_argument("--num-draws", type=int, default=10, help="cross mode, vehicle layouts: gallery draws per list")
     p.add_argument("--gallery-seed", type=int, default=0, help="cross mode, vehicle layouts: gallery draw seed")
