@@ -133,7 +133,8 @@ def run_child(phase: str, params: str, outdir: str, result: str, cprofile: str |
         Manifest.read = staticmethod(steps.wrap("manifest read (CSV)", read))  # type: ignore[method-assign]
         stage.write_shards = steps.wrap("write_shards (total)", stage.write_shards)
         sh._read_image = steps.wrap("  read input images", sh._read_image)
-        sh._ShardFile.add = steps.wrap("  tar member writing (webdataset TarWriter)", sh._ShardFile.add)
+        sh._sample = steps.wrap("  tar headers + sample layout (_sample)", sh._sample)
+        sh._ShardFile.add = steps.wrap("  tar member writing (write + sha256 update)", sh._ShardFile.add)
         sh._ShardFile.commit = steps.wrap("  tar close + fsync + rename", sh._ShardFile.commit)
         sh._scan_tar = steps.wrap("  re-scan written tar (tarfile)", sh._scan_tar)
         sh._sha256 = steps.wrap("  sha256 of written tar", sh._sha256)

@@ -64,8 +64,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Iterator, Mapping, NamedTuple
 
-import webdataset as wds
-
 from reid.data.manifest import SPLITS, Manifest, Row
 from reid.io import atomic_open, atomic_write_text
 
@@ -141,7 +139,8 @@ def _round_up(n: int, multiple: int) -> int:
 
 
 def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
-    """The header webdataset's TarWriter writes for a member (kept in sync with _open_writer)."""
+    """The header of one member: what webdataset's ``TarWriter(user="root", group="root",
+    mode=0o444, mtime=0)`` writes (uid/gid 0, regular file), so tars stay byte-identical."""
     ti = tarfile.TarInfo(name)
     ti.size = size
     ti.mtime = 0
@@ -151,10 +150,10 @@ def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
     return ti
 
 
-def _member_bytes(name: str, size: int) -> int:
-    """Bytes one member occupies in the tar: header(s) plus data padded to 512."""
-    header = _tarinfo(name, size).tobuf(_TAR_FORMAT, tarfile.ENCODING, "surrogateescape")
-    return len(header) + _round_up(size, _BLOCK)
+def _header(name: str, size: int) -> bytes:
+    """The header block(s) of a member, exactly as ``tarfile`` writes them (PAX format: USTAR,
+    preceded by a PAX extended header only when ``name`` is over 100 characters)."""
+    return _tarinfo(name, size).tobuf(_TAR_FORMAT, tarfile.ENCODING, "surrogateescape")
 
 
 def _tar_file_bytes(member_bytes: int) -> int:
@@ -185,45 +184,79 @@ def _read_image(images_root: Path, row: Row) -> bytes:
         ) from err
 
 
+_ZEROS = bytes(_RECORD)
+
+
+class _Sample(NamedTuple):
+    """One sample ready to write: its bytes (headers, data, padding) and where its data lies."""
+
+    key: str
+    parts: tuple[bytes, ...]  # jpg header, jpg, pad, json header, json, pad
+    nbytes: int  # bytes the two members occupy in the tar (headers + padded data)
+    jpg_at: int  # offset of the jpg data from the sample's start
+    json_at: int  # offset of the json data from the sample's start
+    jpg_size: int
+    json_size: int
+
+
+def _sample(key: str, jpg: bytes, labels: bytes) -> _Sample:
+    """Lay out one sample's two members (``<key>.jpg`` then ``<key>.json``, as TarWriter's sorted
+    extension order), each header built once; sizes and offsets follow from it."""
+    jpg_head = _header(f"{key}.jpg", len(jpg))
+    json_head = _header(f"{key}.json", len(labels))
+    jpg_pad = _ZEROS[: -len(jpg) % _BLOCK]
+    json_pad = _ZEROS[: -len(labels) % _BLOCK]
+    jpg_at = len(jpg_head)
+    json_at = jpg_at + len(jpg) + len(jpg_pad) + len(json_head)
+    nbytes = json_at + len(labels) + len(json_pad)
+    return _Sample(key, (jpg_head, jpg, jpg_pad, json_head, labels, json_pad), nbytes,
+                   jpg_at, json_at, len(jpg), len(labels))
+
+
 class _ShardFile:
-    """A tar being written through webdataset's TarWriter into an atomic temp file."""
+    """A tar written member by member into an atomic temp file (fsync + rename on commit).
+
+    Keeps the running offset, the SHA-256 of everything written and the DALI index lines, so
+    nothing has to be read back.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._cm = atomic_open(path, "wb")
-        fh: IO[bytes] = self._cm.__enter__()
-        try:
-            self.writer = wds.TarWriter(
-                fh,
-                user=_OWNER,
-                group=_OWNER,
-                mode=_MODE,
-                compress=False,
-                encoder=False,
-                mtime=0,
-                format="PAX_FORMAT",
-            )
-        except BaseException as err:
-            self._cm.__exit__(type(err), err, err.__traceback__)
-            raise
+        self._fh: IO[bytes] = self._cm.__enter__()
+        self._sha = hashlib.sha256()
         self.keys: list[str] = []
-        self.member_bytes = 0
+        self.jpg_offsets: list[int] = []
+        self.jpg_sizes: list[int] = []
+        self._lines: list[str] = []
+        self.member_bytes = 0  # = current offset in the tar
 
-    def add(self, key: str, jpg: bytes, labels: bytes, nbytes: int) -> None:
-        # TarWriter writes the members in sorted extension order: jpg, then json.
-        self.writer.write({"__key__": key, "jpg": jpg, "json": labels})
-        self.keys.append(key)
-        self.member_bytes += nbytes
+    def add(self, s: _Sample) -> None:
+        buf = b"".join(s.parts)
+        self._fh.write(buf)
+        self._sha.update(buf)
+        at = self.member_bytes
+        self.keys.append(s.key)
+        self.jpg_offsets.append(at + s.jpg_at)
+        self.jpg_sizes.append(s.jpg_size)
+        self._lines.append(
+            f"jpg {at + s.jpg_at} {s.jpg_size} {s.key}.jpg json {at + s.json_at} {s.json_size} {s.key}.json"
+        )
+        self.member_bytes = at + s.nbytes
 
-    def commit(self) -> None:
-        self.writer.close()
-        self._cm.__exit__(None, None, None)  # fsync + rename onto self.path
+    def commit(self) -> tuple[int, str, str]:
+        """End the tar like tarfile (two zero blocks, zero-padded to a 10240-byte record), fsync
+        and rename it; return ``(file size, sha256 hex, DALI index text)``."""
+        size = _tar_file_bytes(self.member_bytes)
+        tail = bytes(size - self.member_bytes)
+        self._fh.write(tail)
+        self._sha.update(tail)
+        self._cm.__exit__(None, None, None)  # flush + fsync + rename onto self.path
+        index = "\n".join([f"{INDEX_VERSION} {len(self.keys)}", *self._lines]) + "\n"
+        return size, self._sha.hexdigest(), index
 
     def abort(self, err: BaseException) -> None:
-        try:
-            self.writer.close()
-        finally:
-            self._cm.__exit__(type(err), err, err.__traceback__)  # removes the temp file
+        self._cm.__exit__(type(err), err, err.__traceback__)  # removes the temp file
 
 
 def _split_name(name: str) -> tuple[str, str]:
@@ -269,23 +302,16 @@ def _sha256(path: Path) -> str:
 
 
 def _finish_shard(shard: _ShardFile, split: str, rows: Mapping[str, Row]) -> tuple[dict, dict]:
-    """Commit a tar, re-read it for offsets, write its .idx; return (shard record, samples)."""
-    shard.commit()
+    """Commit a tar and write its .idx from what was written; return (shard record, samples)."""
+    size, digest, index = shard.commit()
     path = shard.path
-    size = path.stat().st_size
-    expected = _tar_file_bytes(shard.member_bytes)
-    if size != expected:  # our size model and the tar writer disagree: sharding would be wrong
-        raise ShardsError(f"{path}: wrote {size} bytes, size model predicted {expected}")
-    scanned = _scan_tar(path)
-    want = [[f"{k}.jpg", f"{k}.json"] for k in shard.keys]
-    got = [[c[3] for c in comps] for comps in scanned]
-    if got != want:
-        raise ShardsError(f"{path}: members read back do not match what was written")
+    actual = path.stat().st_size
+    if actual != size:  # the file on disk is not what was written
+        raise ShardsError(f"{path}: is {actual} bytes after writing, expected {size}")
     index_name = path.with_suffix(".idx").name
-    atomic_write_text(path.with_suffix(".idx"), _index_text(scanned))
+    atomic_write_text(path.with_suffix(".idx"), index)
     samples = {}
-    for key, comps in zip(shard.keys, scanned):
-        _, off, jsize, _ = comps[0]
+    for key, off, jsize in zip(shard.keys, shard.jpg_offsets, shard.jpg_sizes):
         r = rows[key]
         samples[key] = [path.name, off, jsize, r.pid, r.camid, r.model_id, split]
     record = {
@@ -293,7 +319,7 @@ def _finish_shard(shard: _ShardFile, split: str, rows: Mapping[str, Row]) -> tup
         "split": split,
         "count": len(shard.keys),
         "bytes": size,
-        "sha256": _sha256(path),
+        "sha256": digest,
         "index": index_name,
     }
     return record, samples
@@ -312,12 +338,16 @@ def write_shards(
         target_bytes: maximum size in bytes of a tar file (see the sharding rule in the module
             docstring); must be a positive int.
 
-    Every file is written to a temp file and renamed. An existing ``shards.json`` is removed
-    before any tar is written and the new one is written last. ``<split>-NNNNNN.tar``/``.idx``
-    files in ``out_dir`` that are not part of the new set are removed (other files are kept).
+    The tars are written directly (``tarfile`` headers, data, zero padding; the same bytes
+    webdataset's ``TarWriter`` gives), so the ``.idx`` offsets, ``samples`` offsets and sha256
+    come from the writing itself; no tar is read back. Every file is written to a temp file,
+    fsynced and renamed. An existing ``shards.json`` is removed before any tar is written and
+    the new one is written last. ``<split>-NNNNNN.tar``/``.idx`` files in ``out_dir`` that are
+    not part of the new set are removed (other files are kept).
 
     Returns:
-        The :class:`ShardsIndex` of the written folder.
+        The :class:`ShardsIndex` of the written folder (built from what was written; the same
+        as ``ShardsIndex.load(out_dir)``).
 
     Raises:
         ShardsError: an image is missing/unreadable (names its path), or a sample key is not
@@ -339,6 +369,7 @@ def write_shards(
 
     shard_records: list[dict] = []
     samples: dict[str, list] = {}
+    keys: dict[str, tuple[str, ...]] = {}
     for split in SPLITS:
         rows = manifest.split(split)
         if not rows:
@@ -348,12 +379,8 @@ def write_shards(
         shard: _ShardFile | None = None
         try:
             for row in rows:
-                jpg = _read_image(images_root, row)
-                labels = _labels_json(row)
-                nbytes = _member_bytes(f"{row.key}.jpg", len(jpg)) + _member_bytes(
-                    f"{row.key}.json", len(labels)
-                )
-                if shard is not None and _tar_file_bytes(shard.member_bytes + nbytes) > target_bytes:
+                s = _sample(row.key, _read_image(images_root, row), _labels_json(row))
+                if shard is not None and _tar_file_bytes(shard.member_bytes + s.nbytes) > target_bytes:
                     done, shard = shard, None
                     record, got = _finish_shard(done, split, by_key)
                     shard_records.append(record)
@@ -361,7 +388,7 @@ def write_shards(
                     number += 1
                 if shard is None:
                     shard = _ShardFile(out_dir / f"{split}-{number:06d}.tar")
-                shard.add(row.key, jpg, labels, nbytes)
+                shard.add(s)
             assert shard is not None
             done, shard = shard, None
             record, got = _finish_shard(done, split, by_key)
@@ -371,6 +398,7 @@ def write_shards(
             if shard is not None:
                 shard.abort(err)
             raise
+        keys[split] = tuple(r.key for r in rows)
 
     keep = {r["name"] for r in shard_records} | {r["index"] for r in shard_records}
     for path in sorted(out_dir.iterdir()):
@@ -393,7 +421,21 @@ def write_shards(
         "samples": samples,
     }
     atomic_write_text(out_dir / SHARDS_JSON, json.dumps(doc, sort_keys=True, separators=(",", ":")) + "\n")
-    return ShardsIndex.load(out_dir)
+    del doc
+    plain = all(type(v) is int for r in manifest.rows for v in (r.pid, r.camid, r.model_id)) \
+        and type(manifest.dataset) is str
+    if not plain:  # labels that JSON does not round-trip exactly: let the loader judge them
+        return ShardsIndex.load(out_dir)
+    # What ShardsIndex.load(out_dir) would build, without re-reading shards.json: samples in
+    # the JSON's (sorted) key order, keys per split in tar order (= manifest order).
+    return ShardsIndex(
+        root=out_dir,
+        dataset=manifest.dataset,
+        target_bytes=target_bytes,
+        shards=tuple(ShardInfo(**rec) for rec in shard_records),
+        _samples={k: _Entry(*samples[k]) for k in sorted(samples)},
+        _keys=keys,
+    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -311,3 +311,52 @@ def test_bad_arguments(built, tmp_path):
     dotted = Manifest("toy", (Row("a.b", manifest.rows[0].relpath, 1, 0, -1, "train"),))
     with pytest.raises(ShardsError, match="a.b"):
         write_shards(dotted, images, tmp_path / "o", TARGET)
+
+
+def _frozen_dataset(root: Path) -> Manifest:
+    """Fixed bytes (no encoder involved): empty, block-edge and multi-record images, member
+    names of 99-101 characters (the USTAR/PAX boundary) and one far over it."""
+    rows = []
+    for i, size in enumerate((0, 1, 511, 512, 513, 10240, 20000)):
+        rel = f"img/e{i}.jpg"
+        (root / "img").mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(bytes((j * 7 + i) % 251 for j in range(size)))
+        rows.append(Row(f"edge{i}", rel, i, i % 3, -1, "train"))
+    for length in (95, 96, 97, 150):  # + ".jpg"/".json": 99..101 and 154 characters
+        key = (f"k{length}_" + "x" * length)[:length]
+        rel = f"img/n{length}.jpg"
+        (root / rel).write_bytes(bytes(range(256)) * 3)
+        rows.append(Row(key, rel, length, 1, 2, "query"))
+    return Manifest("frozen", tuple(rows))
+
+
+#: sha256 of every file written for _frozen_dataset (target 12000 bytes), from the original
+#: webdataset.TarWriter-based writer; the tars, .idx files and shards.json must never change.
+FROZEN_SHA256 = {
+    "query-000000.idx": "3122aa5cb33eb98f840962aff305e9fe886eb127bf40f49a6a8493db4150af68",
+    "query-000000.tar": "26086be9817b3c63055fbb1a45c55820584874b9957a5c7ede3b831b9d5351c9",
+    "query-000001.idx": "48a17e6c804ba6661ce1a7e95afc2d609899aaa9e6effec0658a743a7146ec40",
+    "query-000001.tar": "80d66f10a2035ba13902520232a297c30b0b2a5b91392ff4cffe70b893d9a12c",
+    "shards.json": "6c344d6924cc87e5cf72a3d99fd6d951e9c0e8e2a7ee65a311ce255087d019ca",
+    "train-000000.idx": "e52e17280b172a451e344521275201841d072c48d355f2447dd7bcd2203a1fd4",
+    "train-000000.tar": "6660da805f4815b25229c0b6bfb0d37e08281c4cea9d8095bb7dda47dc57235a",
+    "train-000001.idx": "bc83a3e1b567d46a8465ad5b5432d1988605080392cf70cae4ef7e3d2bc5ba99",
+    "train-000001.tar": "4888f7ae51a69b61675a60c11cf77e8582360d4ba856bf772c9c7703388528ff",
+    "train-000002.idx": "5c6c6ec75445c71ee12db69dab0c6765d6cfb66a882c043dd5b2e012ef7849d3",
+    "train-000002.tar": "9d9219ae9081f5812eb969e2654cd6c703d7b8eb6a7a5c927ecaa20d54b0b628",
+    "train-000003.idx": "67dcd94f682ab333699652de45fce50dab2ef4a07cbfd40716b34f43da3e47e1",
+    "train-000003.tar": "c2eb48251958e7e2ccab56f23fc0b7d3f0711e2af201645382f116509f17b6f0",
+}
+
+
+def test_frozen_bytes(tmp_path):
+    manifest = _frozen_dataset(tmp_path / "images")
+    out = tmp_path / "out"
+    index = write_shards(manifest, tmp_path / "images", out, 12000)
+    assert _digests(out) == FROZEN_SHA256
+    loaded = ShardsIndex.load(out)
+    assert (index.root, index.dataset, index.target_bytes, index.shards) == (
+        loaded.root, loaded.dataset, loaded.target_bytes, loaded.shards)
+    assert list(index._samples.items()) == list(loaded._samples.items())
+    assert list(index._keys.items()) == list(loaded._keys.items())
+    loaded.verify()
