@@ -93,3 +93,23 @@ def check_image(path: Path, lineno: int, image: Path, verify: bool) -> None:
                 im.verify()
         except Exception as err:  # PIL raises many types (UnidentifiedImageError, OSError, SyntaxError...)
             raise LayoutError(path, lineno, f"unreadable image {image}: {err}") from None
+
+
+def require_folders(root: Path, folders: list[str], what: str) -> None:
+    """Check that ``root`` is a directory holding every folder in ``folders``.
+
+    Raises:
+        LayoutError: naming ``root``: not a directory (``what`` names the dataset), or the missing
+            folders, with a hint when a sub-folder of ``root`` holds the first one (the user gave
+            the parent of the dataset folder).
+    """
+    if not root.is_dir():
+        raise LayoutError(root, None, f"{what} root is not a directory")
+    missing = [name for name in folders if not (root / name).is_dir()]
+    if not missing:
+        return
+    hint = ""
+    candidates = sorted(p for p in root.iterdir() if p.is_dir() and (p / folders[0]).is_dir())
+    if candidates:
+        hint = f" (did you mean {candidates[0]}?)"
+    raise LayoutError(root, None, f"missing folder(s) {', '.join(m + '/' for m in missing)}{hint}")

@@ -29,7 +29,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from reid.data.layouts.errors import LayoutError, check_image
+from reid.data.layouts.errors import LayoutError, check_image, require_folders
 from reid.data.manifest import SPLITS, Manifest, Row, key_from_relpath
 
 DATASET = "market1501"
@@ -37,19 +37,6 @@ DATASET = "market1501"
 FOLDERS = (("bounding_box_train", "train"), ("query", "query"), ("bounding_box_test", "gallery"))
 JUNK_PID, DISTRACTOR_PID = -1, 0
 FILE_NAME = re.compile(r"(?P<pid>-?\d+)_c(?P<cam>\d+)(?:s\d+)?(?:_[^/\\]*)?\.jpg", re.IGNORECASE)
-
-
-def _check_root(root: Path) -> None:
-    if not root.is_dir():
-        raise LayoutError(root, None, "Market-1501 root is not a directory")
-    missing = [name for name, _ in FOLDERS if not (root / name).is_dir()]
-    if not missing:
-        return
-    hint = ""
-    candidates = sorted(p for p in root.iterdir() if p.is_dir() and (p / FOLDERS[0][0]).is_dir())
-    if candidates:
-        hint = f" (did you mean {candidates[0]}?)"
-    raise LayoutError(root, None, f"missing folder(s) {', '.join(m + '/' for m in missing)}{hint}")
 
 
 def parse(root: str | Path, check_images: bool = True) -> Manifest:
@@ -86,7 +73,7 @@ def parse(root: str | Path, check_images: bool = True) -> Manifest:
     The parser only reads; it never writes anything.
     """
     root = Path(root)
-    _check_root(root)
+    require_folders(root, [name for name, _ in FOLDERS], "Market-1501")
     keys: dict[str, str] = {}
     parsed: list[tuple[str, str, int, int]] = []  # (split, relpath, pid, camid)
     for folder, split in FOLDERS:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from reid.data.layouts.errors import LayoutError, check_image, read_list
+from reid.data.layouts.errors import LayoutError, check_image, read_list, require_folders
 from reid.data.manifest import SPLITS, Manifest, Row, key_from_relpath
 
 DATASET = "veri776"
@@ -37,19 +37,6 @@ FOLDERS = (
 )
 FILE_NAME = re.compile(r"(?P<vid>\d+)_c(?P<cam>\d+)_(?P<time>\d+)_(?P<n>\d+)\.jpg", re.IGNORECASE)
 FORM = "<vid>_c<cam>_<timestamp>_<n>.jpg"
-
-
-def _check_root(root: Path) -> None:
-    if not root.is_dir():
-        raise LayoutError(root, None, "VeRi-776 root is not a directory")
-    missing = [folder for folder, _, _ in FOLDERS if not (root / folder).is_dir()]
-    if not missing:
-        return
-    hint = ""
-    candidates = sorted(p for p in root.iterdir() if p.is_dir() and (p / FOLDERS[0][0]).is_dir())
-    if candidates:
-        hint = f" (did you mean {candidates[0]}?)"
-    raise LayoutError(root, None, f"missing folder(s) {', '.join(m + '/' for m in missing)}{hint}")
 
 
 def parse(root: str | Path, check_images: bool = True) -> Manifest:
@@ -82,7 +69,7 @@ def parse(root: str | Path, check_images: bool = True) -> Manifest:
     The parser only reads; it never writes anything.
     """
     root = Path(root)
-    _check_root(root)
+    require_folders(root, [folder for folder, _, _ in FOLDERS], "VeRi-776")
     parsed: list[tuple[str, str, int, int]] = []  # (split, relpath, pid, camid)
     for folder, list_name, split in FOLDERS:
         list_path = root / list_name
