@@ -402,9 +402,7 @@ def test_cross_dataset_by_mlflow_uri(pipe: Pipeline, cross: dict):
 def test_unknown_params_key_fails_prepare(pipe: Pipeline, tmp_path: Path):
     bad = json.loads(json.dumps(pipe.params))
     bad["sampler"]["q"] = 1
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(bad))
-    r = run_module(tmp_path, pipe.env, "pipeline.prepare", "--params", "params.yaml", "--dataset", "msmt17",
-                   check=False)
+    r = _prepare(pipe, tmp_path, bad)
     assert r.returncode != 0
     assert "sampler.q" in r.stderr
     assert "params.yaml" in r.stderr
@@ -412,20 +410,30 @@ def test_unknown_params_key_fails_prepare(pipe: Pipeline, tmp_path: Path):
     assert not (tmp_path / "manifests").exists()
 
 
-def test_malformed_list_line_fails_prepare(pipe: Pipeline, tmp_path: Path):
-    src = pipe.work / pipe.params["datasets"]["msmt17"]["root"]
+def _copy_msmt17(pipe: Pipeline, tmp_path: Path) -> tuple[Path, dict]:
+    """A private copy of the synthetic MSMT17 under ``tmp_path/data``, and params pointing at it."""
     root = tmp_path / "data" / "MSMT17_V1"
-    shutil.copytree(src, root)
+    shutil.copytree(pipe.work / pipe.params["datasets"]["msmt17"]["root"], root)
+    params = json.loads(json.dumps(pipe.params))
+    params["datasets"]["msmt17"]["root"] = "data/MSMT17_V1"
+    return root, params
+
+
+def _prepare(pipe: Pipeline, tmp_path: Path, params: dict, check: bool = False) -> subprocess.CompletedProcess:
+    """Run ``pipeline.prepare`` for msmt17 in ``tmp_path`` with ``params``."""
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    return run_module(tmp_path, pipe.env, "pipeline.prepare", "--params", "params.yaml", "--dataset", "msmt17",
+                      check=check)
+
+
+def test_malformed_list_line_fails_prepare(pipe: Pipeline, tmp_path: Path):
+    root, params = _copy_msmt17(pipe, tmp_path)
     gallery = root / "list_gallery.txt"
     lines = gallery.read_text().splitlines(keepends=True)
     assert len(lines) > 3
     lines[2] = lines[2].rstrip("\n") + " extra\n"  # line 3: three fields instead of two
     gallery.write_text("".join(lines))
-    params = json.loads(json.dumps(pipe.params))
-    params["datasets"]["msmt17"]["root"] = "data/MSMT17_V1"
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    r = run_module(tmp_path, pipe.env, "pipeline.prepare", "--params", "params.yaml", "--dataset", "msmt17",
-                   check=False)
+    r = _prepare(pipe, tmp_path, params)
     assert r.returncode != 0
     assert "data/MSMT17_V1/list_gallery.txt:3:" in r.stderr, r.stderr[-2000:]
     assert "expected 2 fields" in r.stderr
@@ -441,23 +449,16 @@ def test_prepare_writes_the_data_check_report(pipe: Pipeline, ds: str):
 
 
 def test_fatal_data_check_fails_prepare_and_writes_nothing(pipe: Pipeline, tmp_path: Path):
-    src = pipe.work / pipe.params["datasets"]["msmt17"]["root"]
-    root = tmp_path / "data" / "MSMT17_V1"
-    shutil.copytree(src, root)
-    manifest = pipe.manifest("msmt17")
-    a, b = manifest.split("train")[0], next(r for r in manifest.split("train") if r.pid != manifest.split("train")[0].pid)
+    root, params = _copy_msmt17(pipe, tmp_path)
+    train = pipe.manifest("msmt17").split("train")
+    a, b = train[0], next(r for r in train if r.pid != train[0].pid)
     (root / b.relpath).write_bytes((root / a.relpath).read_bytes())  # same content under two pids
-    params = json.loads(json.dumps(pipe.params))
-    params["datasets"]["msmt17"]["root"] = "data/MSMT17_V1"
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    r = run_module(tmp_path, pipe.env, "pipeline.prepare", "--params", "params.yaml", "--dataset", "msmt17",
-                   check=False)
+    r = _prepare(pipe, tmp_path, params)
     assert r.returncode != 0
     assert "data checks failed" in r.stderr and "duplicate_across_pids" in r.stderr, r.stderr[-2000:]
     assert a.relpath in r.stderr and b.relpath in r.stderr
     assert not (tmp_path / "manifests").exists()
     # non-fatal: the same data prepares, and the report lists the problem
     params["data_checks"]["fatal"] = False
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    run_module(tmp_path, pipe.env, "pipeline.prepare", "--params", "params.yaml", "--dataset", "msmt17")
+    _prepare(pipe, tmp_path, params, check=True)
     assert "duplicate_across_pids" in (tmp_path / "manifests" / "msmt17.checks.md").read_text()
