@@ -11,6 +11,7 @@ from PIL import Image
 
 from reid.data.layouts import LayoutError, get_parser, msmt17, parse
 from reid.data.manifest import Row
+from tests.data.listfiles import set_line
 
 # ../shared beside the checkout (as in CI); the tests skip cleanly without it.
 REAL = Path(__file__).resolve().parents[3] / "shared" / "data" / "cuhk03-msmt17" / "MSMT17_V1"
@@ -145,12 +146,6 @@ def test_neither_v1_nor_v2_folders(tmp_path):
         msmt17.parse(root)
 
 
-def _replace_line(path: Path, lineno: int, new: str) -> None:
-    lines = path.read_text().splitlines()
-    lines[lineno - 1] = new
-    path.write_text("\n".join(lines) + "\n")
-
-
 @pytest.mark.parametrize(
     "list_name,lineno,new_line,what",
     [
@@ -166,7 +161,7 @@ def _replace_line(path: Path, lineno: int, new: str) -> None:
     ],
 )
 def test_malformed_lines_name_file_and_line(fixture_v1, list_name, lineno, new_line, what):
-    _replace_line(fixture_v1 / list_name, lineno, new_line)
+    set_line(fixture_v1 / list_name, lineno, new_line)
     with pytest.raises(LayoutError) as err:
         msmt17.parse(fixture_v1)
     assert f"{fixture_v1 / list_name}:{lineno}: " in str(err.value)

@@ -9,6 +9,7 @@ from PIL import Image
 
 from reid.data.layouts import LayoutError, get_parser, parse, vehicle1m
 from reid.data.manifest import Row
+from tests.data.listfiles import set_line
 
 # vid -> (model, image names); vids 3, 5 train; 7, 9 in test_1000; 12 (single image) only in test_2000
 VEHICLES = {3: (1, ["0", "1"]), 5: (1, ["0"]), 7: (2, ["c", "a", "b"]), 9: (1, ["0", "1"]), 12: (4, ["0"])}
@@ -89,15 +90,7 @@ def test_one_camera_for_every_row(fixture_root):
 
 
 def _set_line(root: Path, list_name: str, lineno: int, new: str | None) -> None:
-    path = root / "train-test-split" / list_name
-    lines = path.read_text().splitlines()
-    if new is None:
-        del lines[lineno - 1]
-    elif lineno > len(lines):
-        lines.append(new)
-    else:
-        lines[lineno - 1] = new
-    path.write_text("\n".join(lines) + "\n")
+    set_line(root / "train-test-split" / list_name, lineno, new)
 
 
 @pytest.mark.parametrize(

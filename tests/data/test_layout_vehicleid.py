@@ -9,6 +9,7 @@ from PIL import Image
 
 from reid.data.layouts import LayoutError, get_parser, parse, vehicleid
 from reid.data.manifest import Row
+from tests.data.listfiles import set_line
 
 # image -> vid. Train vehicles 1, 4; test vehicles 20, 30, 40, 50.
 IMAGES = {
@@ -121,15 +122,6 @@ def test_unknown_or_empty_test_sets(vid_root):
         vehicleid.parse(vid_root, test_sets=[])
 
 
-def _set_line(path: Path, lineno: int, new: str) -> None:
-    lines = path.read_text().splitlines()
-    if lineno > len(lines):
-        lines.append(new)
-    else:
-        lines[lineno - 1] = new
-    path.write_text("\n".join(lines) + "\n")
-
-
 @pytest.mark.parametrize(
     "file,lineno,new_line,what",
     [
@@ -151,7 +143,7 @@ def _set_line(path: Path, lineno: int, new: str) -> None:
     ],
 )
 def test_malformed_lines_name_file_and_line(vid_root, file, lineno, new_line, what):
-    _set_line(vid_root / file, lineno, new_line)
+    set_line(vid_root / file, lineno, new_line)
     before = _snapshot(vid_root)
     with pytest.raises(LayoutError) as err:
         vehicleid.parse(vid_root, check_images=False)
@@ -163,12 +155,12 @@ def test_malformed_lines_name_file_and_line(vid_root, file, lineno, new_line, wh
 
 def test_conflicts_name_the_first_place(vid_root):
     split = vid_root / "train_test_split"
-    _set_line(split / "test_list_13164.txt", 2, "0000100 21")
+    set_line(split / "test_list_13164.txt", 2, "0000100 21")
     with pytest.raises(LayoutError, match=r"test_list_13164\.txt:2: .* at .*test_list_800\.txt:2$"):
         vehicleid.parse(vid_root)
-    _set_line(split / "test_list_13164.txt", 2, "0000100 20")
+    set_line(split / "test_list_13164.txt", 2, "0000100 20")
     _jpeg(vid_root / "image" / "0000600.jpg")
-    _set_line(split / "test_list_800.txt", 4, "0000600 4")  # a train vehicle in a test list
+    set_line(split / "test_list_800.txt", 4, "0000600 4")  # a train vehicle in a test list
     with pytest.raises(LayoutError, match=r"test_list_800\.txt:4: test vehicle 4 is also a train vehicle "
                                           r"\(at .*train_list\.txt:1\)"):
         vehicleid.parse(vid_root)

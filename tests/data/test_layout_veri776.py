@@ -9,6 +9,7 @@ from PIL import Image
 
 from reid.data.layouts import LayoutError, get_parser, parse, veri776
 from reid.data.manifest import Row
+from tests.data.listfiles import set_line
 
 # folder -> (name list, file names in list order: deliberately unsorted)
 VERI = {
@@ -96,15 +97,6 @@ def test_crlf_and_blank_lines_in_list(veri):
     assert list(veri776.parse(veri).rows) == EXPECTED
 
 
-def _set_line(path: Path, lineno: int, new: str) -> None:
-    lines = path.read_text().splitlines()
-    if lineno > len(lines):
-        lines.append(new)
-    else:
-        lines[lineno - 1] = new
-    path.write_text("\n".join(lines) + "\n")
-
-
 @pytest.mark.parametrize(
     "list_name,lineno,new_line,what",
     [
@@ -117,7 +109,7 @@ def _set_line(path: Path, lineno: int, new: str) -> None:
     ],
 )
 def test_malformed_list_lines_name_file_and_line(veri, list_name, lineno, new_line, what):
-    _set_line(veri / list_name, lineno, new_line)
+    set_line(veri / list_name, lineno, new_line)
     before = _snapshot(veri)
     with pytest.raises(LayoutError) as err:
         veri776.parse(veri, check_images=False)
