@@ -7,6 +7,8 @@ UV := $(PYTHON) -m uv
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Trust the system certificate store (which holds any site proxy CA), with or without SSL_CERT_FILE set.
+export UV_NATIVE_TLS ?= 1
 
 .PHONY: install test repro mlflow-ui clean-outputs
 
