@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Trust the system certificate store (which holds any site proxy CA), with or without SSL_CERT_FILE set.
-export UV_NATIVE_TLS ?= 1
+export UV_SYSTEM_CERTS ?= 1
 
 .PHONY: install test repro mlflow-ui clean-outputs
 
