@@ -47,7 +47,7 @@ def key_from_relpath(relpath: str) -> str:
     return "__".join(_KEY_UNSAFE.sub("-", part) for part in stem.split("/"))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Row:
     """One image of a dataset.
 
