@@ -22,9 +22,9 @@ import io
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Container, Iterable, Iterator, Sequence, TextIO
 
-from reid.io import atomic_write_text
+from reid.io import atomic_open
 
 SPLITS = ("train", "val", "query", "gallery", "test")
 FIELDS = ("key", "relpath", "pid", "camid", "model_id", "split", "test_sets")
@@ -137,34 +137,67 @@ class Manifest:
         """Serialise to CSV text with the header ``key,relpath,pid,camid,model_id,split,test_sets``
         (``test_sets`` joined with ``|``)."""
         buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(FIELDS)
-        for r in self.rows:
-            writer.writerow((r.key, r.relpath, r.pid, r.camid, r.model_id, r.split, TEST_SET_SEP.join(r.test_sets)))
+        _write_csv(buf, self.rows)
         return buf.getvalue()
 
     def write(self, path: str | Path) -> None:
         """Write the CSV atomically (temp file, then rename)."""
-        atomic_write_text(path, self.to_csv())
+        write_rows(path, self.rows)
 
     @classmethod
     def read(cls, path: str | Path, dataset: str | None = None) -> "Manifest":
-        """Read a manifest CSV written by :meth:`write`.
+        """Read a manifest CSV written by :meth:`write` into memory (see :func:`iter_rows` to stream).
 
         Raises:
             ManifestError: naming the file and line of a bad header, a wrong field count,
                 a non-integer pid/camid/model_id, an unknown split or a duplicate key.
         """
         path = Path(path)
-        with path.open(newline="") as fh:
-            reader = csv.reader(fh)
-            header = next(reader, None)
-            if header is None or tuple(header) != FIELDS:
-                raise ManifestError(f"{path}:1: header must be {','.join(FIELDS)}, got {header}")
-            rows = []
-            for lineno, fields in enumerate(reader, start=2):
-                rows.append(_parse_row(path, lineno, fields))
-        return cls(dataset=dataset or path.stem, rows=tuple(rows))
+        return cls(dataset=dataset or path.stem, rows=tuple(iter_rows(path)))
+
+
+def write_rows(path: str | Path, rows: Iterable[Row]) -> int:
+    """Stream ``rows`` into a manifest CSV at ``path``, atomically (temp file, then rename).
+
+    Memory does not depend on the number of rows. Returns the number of rows written.
+    Nothing is left at ``path`` if ``rows`` raises.
+    """
+    with atomic_open(path, "w") as fh:
+        return _write_csv(fh, rows)
+
+
+def _write_csv(fh: TextIO, rows: Iterable[Row]) -> int:
+    writer = csv.writer(fh, lineterminator="\n")
+    writer.writerow(FIELDS)
+    n = 0
+    for r in rows:
+        writer.writerow((r.key, r.relpath, r.pid, r.camid, r.model_id, r.split, TEST_SET_SEP.join(r.test_sets)))
+        n += 1
+    return n
+
+
+def iter_rows(path: str | Path, splits: Container[str] | None = None) -> Iterator[Row]:
+    """Stream the rows of a manifest CSV, in file order, one at a time (flat memory).
+
+    Args:
+        path: a manifest CSV written by :meth:`Manifest.write` or :func:`write_rows`.
+        splits: yield only rows of these splits (every row is still parsed and checked).
+
+    Raises:
+        ManifestError: naming the file and line of a bad header, a wrong field count, a
+            non-integer pid/camid/model_id or an unknown split. Duplicate keys are not checked
+            here (that needs every key; :meth:`Manifest.read` checks them).
+    """
+    path = Path(path)
+    with path.open(newline="", encoding="utf-8") as fh:
+        reader = csv.reader(fh)
+        header = next(reader, None)
+        if header is None or tuple(header) != FIELDS:
+            raise ManifestError(f"{path}:1: header must be {','.join(FIELDS)}, got {header}")
+        for lineno, fields in enumerate(reader, start=2):
+            row = _parse_row(path, lineno, fields)
+            if splits is None or row.split in splits:
+                yield row
 
 
 def _parse_row(path: Path, lineno: int, fields: Sequence[str]) -> Row:

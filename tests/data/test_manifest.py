@@ -60,3 +60,21 @@ def test_keys_and_labels():
     assert key_from_relpath("train/0001/0001_c1_0.jpg") == "train__0001__0001_c1_0"
     assert key_from_relpath("image/12/3.v2.jpg") == "image__12__3-v2"
     assert contiguous_labels([30, 10, 30, 20]) == {10: 0, 20: 1, 30: 2}
+
+
+def test_stream_write_and_read(tmp_path):
+    from reid.data.manifest import iter_rows, write_rows
+
+    path = tmp_path / "m.csv"
+    assert write_rows(path, iter(_rows())) == 4
+    assert path.read_text() == Manifest("veh", _rows()).to_csv()
+    assert tuple(iter_rows(path)) == _rows()
+    assert [r.key for r in iter_rows(path, splits=("test",))] == ["image__7__1", "image__8__1"]
+
+    def failing():
+        yield _rows()[0]
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        write_rows(tmp_path / "n.csv", failing())
+    assert list(tmp_path.iterdir()) == [path]  # nothing half-written
