@@ -7,7 +7,9 @@ missing list file), so the user can open the offending list file at the offendin
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Iterator
 
 from PIL import Image
 
@@ -36,10 +38,10 @@ class LayoutError(ValueError):
         return (type(self), (self.file, self.line, self.what))
 
 
-def read_list(path: Path) -> list[tuple[int, list[str]]]:
-    """Read a whitespace-separated list file.
+def read_list(path: Path) -> Iterator[tuple[int, list[str]]]:
+    """Stream a whitespace-separated list file, one line at a time (flat memory).
 
-    Returns:
+    Yields:
         ``(lineno, fields)`` for every non-blank line, ``lineno`` 1-based; ``fields`` is the line
         split on whitespace (so CRLF line ends and repeated blanks are tolerated).
 
@@ -49,7 +51,6 @@ def read_list(path: Path) -> list[tuple[int, list[str]]]:
     """
     if not path.is_file():
         raise LayoutError(path, None, "missing list file")
-    out: list[tuple[int, list[str]]] = []
     with path.open("rb") as fh:
         for lineno, raw in enumerate(fh, start=1):
             try:
@@ -58,8 +59,7 @@ def read_list(path: Path) -> list[tuple[int, list[str]]]:
                 raise LayoutError(path, lineno, f"line is not valid UTF-8 ({err})") from None
             fields = text.split()
             if fields:
-                out.append((lineno, fields))
-    return out
+                yield lineno, fields
 
 
 def parse_id(path: Path, lineno: int, text: str, what: str) -> int:
@@ -93,6 +93,18 @@ def check_image(path: Path, lineno: int, image: Path, verify: bool) -> None:
                 im.verify()
         except Exception as err:  # PIL raises many types (UnidentifiedImageError, OSError, SyntaxError...)
             raise LayoutError(path, lineno, f"unreadable image {image}: {err}") from None
+
+
+def scan_jpegs(folder: Path) -> Iterator[Path]:
+    """Stream the ``.jpg`` files (suffix in any case) of ``folder``, in directory order.
+
+    Unsorted, so memory stays flat for folders of any size: callers add the images to a
+    :class:`~reid.data.row_table.RowTable`, which orders the rows.
+    """
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if Path(entry.name).suffix.lower() == ".jpg" and entry.is_file():
+                yield folder / entry.name
 
 
 def require_folders(root: Path, folders: list[str], what: str) -> None:

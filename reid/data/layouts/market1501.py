@@ -29,8 +29,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from reid.data.layouts.errors import LayoutError, check_image, require_folders
-from reid.data.manifest import SPLITS, Manifest, Row, key_from_relpath
+from reid.data.layouts.errors import LayoutError, check_image, require_folders, scan_jpegs
+from reid.data.manifest import Manifest, Row, key_from_relpath
+from reid.data.row_table import RowTable, collect
 
 DATASET = "market1501"
 #: (folder, split) in reading order.
@@ -40,7 +41,9 @@ FILE_NAME = re.compile(r"(?P<pid>-?\d+)_c(?P<cam>\d+)(?:s\d+)?(?:_[^/\\]*)?\.jpg
 
 
 def parse(root: str | Path, check_images: bool = True) -> Manifest:
-    """Read a Market-1501-style folder into a :class:`Manifest` named ``market1501``.
+    """Read a Market-1501-style folder into a :class:`Manifest` named ``market1501``, in memory.
+
+    Same as :func:`fill` into a temporary :class:`~reid.data.row_table.RowTable`.
 
     Args:
         root: the dataset folder (holding ``bounding_box_train/``, ``query/``, ``bounding_box_test/``).
@@ -70,14 +73,18 @@ def parse(root: str | Path, check_images: bool = True) -> Manifest:
             ``a.JPG``), or (with ``check_images``) an image PIL cannot open and verify. The file
             named is the image itself (no line applies).
 
-    The parser only reads; it never writes anything.
+    The parser only reads the dataset; it never writes to it.
     """
+    return collect(DATASET, fill, root, check_images=check_images)
+
+
+def fill(table: RowTable, root: str | Path, check_images: bool = True) -> None:
+    """Stream a Market-1501-style folder into ``table``, one directory entry at a time (flat
+    memory; the table orders the rows). Rows, errors and options as :func:`parse`."""
     root = Path(root)
     require_folders(root, [name for name, _ in FOLDERS], "Market-1501")
-    keys: dict[str, str] = {}
-    parsed: list[tuple[str, str, int, int]] = []  # (split, relpath, pid, camid)
     for folder, split in FOLDERS:
-        for image in sorted(p for p in (root / folder).iterdir() if p.suffix.lower() == ".jpg" and p.is_file()):
+        for image in scan_jpegs(root / folder):
             pid, camid = _parse_name(image)
             if split == "train" and pid in (JUNK_PID, DISTRACTOR_PID):
                 continue
@@ -86,17 +93,10 @@ def parse(root: str | Path, check_images: bool = True) -> Manifest:
                 raise LayoutError(image, None, f"query image has {kind} pid {pid}; queries must be real identities")
             relpath = f"{folder}/{image.name}"
             key = key_from_relpath(relpath)
-            if key in keys:
-                raise LayoutError(image, None, f"same sample key {key!r} as {root / keys[key]}")
-            keys[key] = relpath
+            first = table.add(Row(key, relpath, pid, camid, -1, split), image, None)
+            if first is not None:
+                raise LayoutError(image, None, f"same sample key {key!r} as {root / first.row.relpath}")
             check_image(image, None, image, check_images)
-            parsed.append((split, relpath, pid, camid))
-    order = {name: i for i, name in enumerate(SPLITS)}
-    rows = [
-        Row(key=key_from_relpath(relpath), relpath=relpath, pid=pid, camid=camid, model_id=-1, split=split)
-        for split, relpath, pid, camid in sorted(parsed, key=lambda p: (order[p[0]], p[1]))
-    ]
-    return Manifest(dataset=DATASET, rows=tuple(rows))
 
 
 def _parse_name(image: Path) -> tuple[int, int]:

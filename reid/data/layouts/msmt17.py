@@ -20,7 +20,8 @@ import re
 from pathlib import Path
 
 from reid.data.layouts.errors import LayoutError, check_image, parse_id, read_list
-from reid.data.manifest import SPLITS, Manifest, Row, key_from_relpath
+from reid.data.manifest import Manifest, Row, key_from_relpath
+from reid.data.row_table import RowTable, collect
 
 DATASET = "msmt17"
 #: (train folder, test folder) of V1 and V2, in detection order.
@@ -62,7 +63,9 @@ def _detect_folders(root: Path) -> tuple[str, str]:
 
 
 def parse(root: str | Path, check_images: bool = True, val: str = "merge") -> Manifest:
-    """Read an MSMT17_V1 or MSMT17_V2 folder into a :class:`Manifest` named ``msmt17``.
+    """Read an MSMT17_V1 or MSMT17_V2 folder into a :class:`Manifest` named ``msmt17``, in memory.
+
+    Same as :func:`fill` into a temporary :class:`~reid.data.row_table.RowTable`.
 
     The version is detected from the image folders: ``train/`` + ``test/`` (V1, preferred when
     both exist) or ``mask_train_v2/`` + ``mask_test_v2/`` (V2).
@@ -95,42 +98,34 @@ def parse(root: str | Path, check_images: bool = True, val: str = "merge") -> Ma
             ``check_images``) an image PIL cannot open and ``verify()`` (the image path is named).
         ValueError: if ``val`` is not one of ``"merge"``, ``"holdout"``.
 
-    The parser only reads; it never writes anything.
+    The parser only reads the dataset; it never writes to it.
+    """
+    return collect(DATASET, fill, root, check_images=check_images, val=val)
+
+
+def fill(table: RowTable, root: str | Path, check_images: bool = True, val: str = "merge") -> None:
+    """Stream an MSMT17_V1/V2 folder into ``table``, one list line at a time (flat memory).
+
+    Rows, errors and options as :func:`parse`.
     """
     if val not in VAL_MODES:
         raise ValueError(f"val must be one of {VAL_MODES}, got {val!r}")
     root = Path(root)
     folders = _detect_folders(root)
-    seen: dict[str, tuple[Path, int]] = {}
-    parsed: list[tuple[str, str, int, int]] = []  # (split, relpath, pid, camid)
+    max_train_pid = -1
     for list_name, split, which in LISTS:
         list_path = root / list_name
         image_dir = folders[which]
+        split = "train" if split == "val" and val == "merge" else split
         for lineno, fields in read_list(list_path):
             relpath, pid, camid = _parse_line(root, image_dir, list_path, lineno, fields, check_images)
-            if relpath in seen:
-                first_path, first_line = seen[relpath]
-                raise LayoutError(
-                    list_path, lineno, f"image {relpath} listed twice (first at {first_path}:{first_line})"
-                )
-            seen[relpath] = (list_path, lineno)
-            parsed.append(("train" if split == "val" and val == "merge" else split, relpath, pid, camid))
-
-    train_pids = [pid for split, _, pid, _ in parsed if split in ("train", "val")]
-    offset = max(train_pids, default=-1) + 1
-    order = {name: i for i, name in enumerate(SPLITS)}
-    rows = [
-        Row(
-            key=key_from_relpath(relpath),
-            relpath=relpath,
-            pid=pid if split in ("train", "val") else pid + offset,
-            camid=camid,
-            model_id=-1,
-            split=split,
-        )
-        for split, relpath, pid, camid in sorted(parsed, key=lambda p: (order[p[0]], p[1]))
-    ]
-    return Manifest(dataset=DATASET, rows=tuple(rows))
+            first = table.add(Row(key_from_relpath(relpath), relpath, pid, camid, -1, split), list_path, lineno)
+            if first is not None:
+                what = "listed twice" if first.row.relpath == relpath else f"has the sample key of {first.row.relpath}"
+                raise LayoutError(list_path, lineno, f"image {relpath} {what} (first at {first.src}:{first.line})")
+            if split in ("train", "val"):
+                max_train_pid = max(max_train_pid, pid)
+    table.offset_pids(("query", "gallery"), max_train_pid + 1)
 
 
 def _parse_line(

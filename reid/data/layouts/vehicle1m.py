@@ -18,10 +18,11 @@ vehicle, the rest are queries).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 from reid.data.layouts.errors import LayoutError, check_image, parse_id, read_list
 from reid.data.manifest import Manifest, Row, key_from_relpath
+from reid.data.row_table import RowTable, collect
 
 DATASET = "vehicle1m"
 IMAGE_DIR = "image"
@@ -57,7 +58,9 @@ def parse(
     test_sets: Optional[Sequence[str]] = None,
     check_images: bool = True,
 ) -> Manifest:
-    """Read a Vehicle-1M folder into a :class:`Manifest` named ``vehicle1m``.
+    """Read a Vehicle-1M folder into a :class:`Manifest` named ``vehicle1m``, in memory.
+
+    Same as :func:`fill` into a temporary :class:`~reid.data.row_table.RowTable`.
 
     Args:
         root: the ``Vehicle-1M`` folder.
@@ -89,8 +92,20 @@ def parse(
             missing image, or (with ``check_images``) an image PIL cannot open and verify (the
             image path is named).
 
-    The parser only reads; it never writes anything.
+    The parser only reads the dataset; it never writes to it.
     """
+    return collect(DATASET, fill, root, test_sets=test_sets, check_images=check_images)
+
+
+def fill(
+    table: RowTable,
+    root: str | Path,
+    test_sets: Optional[Sequence[str]] = None,
+    check_images: bool = True,
+) -> None:
+    """Stream a Vehicle-1M folder into ``table``, one list line at a time. Memory holds one entry
+    per vehicle (model id, first train line), never per image. Rows, errors and options as
+    :func:`parse`."""
     root = Path(root)
     split_dir = _split_dir(root)
     available = available_test_sets(root)
@@ -101,35 +116,40 @@ def parse(
                               f"unknown test list {name!r}; available: {', '.join(available) or 'none'}")
 
     models: dict[int, tuple[int, Path, int]] = {}  # vid -> (model_id, file, line) of first sight
-    checked: set[str] = set()
-    train = _read(root, split_dir / TRAIN_LIST, models, checked, check_images)
-    train_vids = {vid: (path, line) for _, vid, _, path, line in train}
-    test: dict[str, tuple[int, int, list[str]]] = {}  # relpath -> (vid, model_id, [test list names])
+    train_vids: dict[int, tuple[Path, int]] = {}  # vid -> (file, line) of first sight
+    train_path = split_dir / TRAIN_LIST
+    for relpath, vid, model_id, line in _read(train_path, models):
+        train_vids.setdefault(vid, (train_path, line))
+        _add(table, root, Row(key_from_relpath(relpath), relpath, vid, CAMID, model_id, "train"),
+             train_path, line, check_images)
     for name in names:
-        for relpath, vid, model_id, path, line in _read(root, split_dir / f"{name}.txt", models, checked,
-                                                         check_images):
+        path = split_dir / f"{name}.txt"
+        for relpath, vid, model_id, line in _read(path, models):
             if vid in train_vids:
                 tpath, tline = train_vids[vid]
                 raise LayoutError(path, line, f"test vehicle {vid} is also a train vehicle (at {tpath}:{tline})")
-            test.setdefault(relpath, (vid, model_id, []))[2].append(name)
-
-    rows = [Row(key_from_relpath(relpath), relpath, vid, CAMID, model_id, "train")
-            for relpath, vid, model_id, _, _ in sorted(train)]
-    rows += [Row(key_from_relpath(relpath), relpath, vid, CAMID, model_id, "test", tuple(sorted(lists)))
-             for relpath, (vid, model_id, lists) in sorted(test.items())]
-    return Manifest(dataset=DATASET, rows=tuple(rows))
+            _add(table, root, Row(key_from_relpath(relpath), relpath, vid, CAMID, model_id, "test", (name,)),
+                 path, line, check_images)
 
 
-def _read(
-    root: Path,
-    list_path: Path,
-    models: dict[int, tuple[int, Path, int]],
-    checked: set[str],
-    check_images: bool,
-) -> list[tuple[str, int, int, Path, int]]:
-    """Parse one list file; ``checked`` holds the images already checked on disk (by any list)."""
-    out = []
-    seen: dict[str, int] = {}  # relpath -> line, within this list
+def _add(table: RowTable, root: Path, row: Row, path: Path, line: int, check_images: bool) -> None:
+    """Add a listed image; a test image already added by an earlier test list joins this list
+    too. The image is checked on disk the first time it is listed."""
+    first = table.add(row, path, line)
+    if first is None:
+        check_image(path, line, root / row.relpath, check_images)
+        return
+    if first.row.relpath != row.relpath:
+        raise LayoutError(path, line, f"image {row.relpath} has the sample key of {first.row.relpath} "
+                                      f"(at {first.src}:{first.line})")
+    again = first if row.split == "train" else table.add_test_sets(row.relpath, row.test_sets, path, line)
+    if again is not None:
+        raise LayoutError(path, line, f"image {row.relpath} listed twice (first at line {again.line})")
+
+
+def _read(list_path: Path, models: dict[int, tuple[int, Path, int]]) -> Iterator[tuple[str, int, int, int]]:
+    """Stream one list file as ``(relpath, vid, model_id, line)``, checking each line's fields and
+    that a vehicle keeps one model id across every list (``models``: vid -> first sight)."""
     for lineno, fields in read_list(list_path):
         if len(fields) != 3:
             raise LayoutError(
@@ -158,12 +178,4 @@ def _read(
                 lineno,
                 f"vehicle {vid} has model id {model_id} but model id {known[0]} at {known[1]}:{known[2]}",
             )
-        relpath = f"{IMAGE_DIR}/{parts[0]}/{parts[1]}"
-        if relpath in seen:
-            raise LayoutError(list_path, lineno, f"image {relpath} listed twice (first at line {seen[relpath]})")
-        seen[relpath] = lineno
-        if relpath not in checked:
-            check_image(list_path, lineno, root / relpath, check_images)
-            checked.add(relpath)
-        out.append((relpath, vid, model_id, list_path, lineno))
-    return out
+        yield f"{IMAGE_DIR}/{parts[0]}/{parts[1]}", vid, model_id, lineno

@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 from reid.data.layouts.errors import LayoutError, check_image, parse_id, read_list
 from reid.data.manifest import Manifest, Row, key_from_relpath
+from reid.data.row_table import RowTable, collect
 
 DATASET = "vehicleid"
 IMAGE_DIR = "image"
@@ -78,7 +79,9 @@ def parse(
     test_sets: Optional[Sequence[str]] = None,
     check_images: bool = True,
 ) -> Manifest:
-    """Read a VehicleID folder into a :class:`Manifest` named ``vehicleid``.
+    """Read a VehicleID folder into a :class:`Manifest` named ``vehicleid``, in memory.
+
+    Same as :func:`fill` into a temporary :class:`~reid.data.row_table.RowTable`.
 
     Args:
         root: the ``VehicleID_V1.0`` folder.
@@ -112,8 +115,20 @@ def parse(
             ``check_images``) an image PIL cannot open and verify (the image path is named).
         ValueError: if ``test_sets`` is empty.
 
-    The parser only reads; it never writes anything.
+    The parser only reads the dataset; it never writes to it.
     """
+    return collect(DATASET, fill, root, test_sets=test_sets, check_images=check_images)
+
+
+def fill(
+    table: RowTable,
+    root: str | Path,
+    test_sets: Optional[Sequence[str]] = None,
+    check_images: bool = True,
+) -> None:
+    """Stream a VehicleID folder into ``table``, one list line at a time. Memory holds one entry
+    per vehicle (model id, first train line), never per image. Rows, errors and options as
+    :func:`parse`."""
     root = Path(root)
     split_dir = _split_dir(root)
     lists = _list_files(split_dir)
@@ -133,37 +148,43 @@ def parse(
         names = [name for name in lists if name in wanted]
 
     models = _read_models(root / MODEL_ATTR)
-    checked: set[str] = set()
-    train = _read(root, split_dir / TRAIN_LIST, checked, check_images)
-    train_images = {relpath: line for relpath, _, line in train}
-    train_vids: dict[int, int] = {}  # vid -> first line
-    for _, vid, line in train:
-        train_vids.setdefault(vid, line)
     train_path = split_dir / TRAIN_LIST
-    test: dict[str, tuple[int, list[str], Path, int]] = {}  # relpath -> (vid, [names], first file, line)
+    train_vids: dict[int, int] = {}  # vid -> first line
+    for relpath, vid, line in _read(train_path):
+        train_vids.setdefault(vid, line)
+        row = Row(key_from_relpath(relpath), relpath, vid, CAMID, models.get(vid, -1), "train")
+        _add(table, root, row, train_path, line, check_images)
     for name in names:
         path = lists[name]
-        for relpath, vid, line in _read(root, path, checked, check_images):
-            if relpath in train_images:
+        for relpath, vid, line in _read(path):
+            first = table.get(relpath)
+            if first is not None and first.row.split == "train":
                 raise LayoutError(path, line, f"image {relpath} is also a train image (at {train_path}:"
-                                              f"{train_images[relpath]})")
+                                              f"{first.line})")
             if vid in train_vids:
                 raise LayoutError(path, line, f"test vehicle {vid} is also a train vehicle (at {train_path}:"
                                               f"{train_vids[vid]})")
-            known = test.get(relpath)
-            if known is None:
-                test[relpath] = (vid, [name], path, line)
-            elif known[0] != vid:
-                raise LayoutError(path, line, f"image {relpath} has vehicle id {vid} but vehicle id {known[0]} "
-                                              f"at {known[2]}:{known[3]}")
-            else:
-                known[1].append(name)
+            if first is not None and first.row.pid != vid:
+                raise LayoutError(path, line, f"image {relpath} has vehicle id {vid} but vehicle id "
+                                              f"{first.row.pid} at {first.src}:{first.line}")
+            row = Row(key_from_relpath(relpath), relpath, vid, CAMID, models.get(vid, -1), "test", (name,))
+            _add(table, root, row, path, line, check_images)
 
-    rows = [Row(key_from_relpath(relpath), relpath, vid, CAMID, models.get(vid, -1), "train")
-            for relpath, vid, _ in sorted(train)]
-    rows += [Row(key_from_relpath(relpath), relpath, vid, CAMID, models.get(vid, -1), "test", tuple(sorted(sets)))
-             for relpath, (vid, sets, _, _) in sorted(test.items())]
-    return Manifest(dataset=DATASET, rows=tuple(rows))
+
+def _add(table: RowTable, root: Path, row: Row, path: Path, line: int, check_images: bool) -> None:
+    """Add a listed image; a test image already added by an earlier test list joins this list
+    too. The image is checked on disk the first time it is listed."""
+    first = table.add(row, path, line)
+    if first is None:
+        check_image(path, line, root / row.relpath, check_images)
+        return
+    image = row.relpath[len(IMAGE_DIR) + 1:-len(".jpg")]
+    if first.row.relpath != row.relpath:
+        raise LayoutError(path, line, f"image {image} has the sample key of {first.row.relpath} "
+                                      f"(at {first.src}:{first.line})")
+    again = first if row.split == "train" else table.add_test_sets(row.relpath, row.test_sets, path, line)
+    if again is not None:
+        raise LayoutError(path, line, f"image {image} listed twice (first at line {again.line})")
 
 
 def _read_models(path: Path) -> dict[int, int]:
@@ -183,11 +204,8 @@ def _read_models(path: Path) -> dict[int, int]:
     return {vid: model_id for vid, (model_id, _) in models.items()}
 
 
-def _read(root: Path, list_path: Path, checked: set[str], check_images: bool) -> list[tuple[str, int, int]]:
-    """Parse one list file into ``(relpath, vid, line)``; ``checked`` holds the images already
-    checked on disk (by any list)."""
-    out = []
-    seen: dict[str, int] = {}  # relpath -> line, within this list
+def _read(list_path: Path) -> Iterator[tuple[str, int, int]]:
+    """Stream one list file as ``(relpath, vid, line)``, checking each line's fields."""
     for lineno, fields in read_list(list_path):
         if len(fields) != 2:
             raise LayoutError(list_path, lineno, f"expected 2 fields '<image> <vid>', got {len(fields)}: "
@@ -198,12 +216,4 @@ def _read(root: Path, list_path: Path, checked: set[str], check_images: bool) ->
             raise LayoutError(list_path, lineno, f"image name {image!r} must be a bare name (no folder)")
         if image.lower().endswith(".jpg"):
             raise LayoutError(list_path, lineno, f"image name {image!r} must not carry the .jpg extension")
-        relpath = f"{IMAGE_DIR}/{image}.jpg"
-        if relpath in seen:
-            raise LayoutError(list_path, lineno, f"image {image} listed twice (first at line {seen[relpath]})")
-        seen[relpath] = lineno
-        if relpath not in checked:
-            check_image(list_path, lineno, root / relpath, check_images)
-            checked.add(relpath)
-        out.append((relpath, vid, lineno))
-    return out
+        yield f"{IMAGE_DIR}/{image}.jpg", vid, lineno

@@ -25,8 +25,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from reid.data.layouts.errors import LayoutError, check_image, read_list, require_folders
-from reid.data.manifest import SPLITS, Manifest, Row, key_from_relpath
+from reid.data.layouts.errors import LayoutError, check_image, read_list, require_folders, scan_jpegs
+from reid.data.manifest import Manifest, Row, key_from_relpath
+from reid.data.row_table import RowTable, collect
 
 DATASET = "veri776"
 #: (image folder, name list, split) in reading order.
@@ -40,7 +41,9 @@ FORM = "<vid>_c<cam>_<timestamp>_<n>.jpg"
 
 
 def parse(root: str | Path, check_images: bool = True) -> Manifest:
-    """Read a VeRi-776 folder into a :class:`Manifest` named ``veri776``.
+    """Read a VeRi-776 folder into a :class:`Manifest` named ``veri776``, in memory.
+
+    Same as :func:`fill` into a temporary :class:`~reid.data.row_table.RowTable`.
 
     Args:
         root: the ``VeRi`` folder (holding ``image_train/``, ``image_query/``, ``image_test/``).
@@ -66,24 +69,22 @@ def parse(root: str | Path, check_images: bool = True) -> Manifest:
             ``a.jpg`` and ``a.JPG``); and (with ``check_images``) an image PIL cannot open and
             verify (at the list line, or naming the image when scanned).
 
-    The parser only reads; it never writes anything.
+    The parser only reads the dataset; it never writes to it.
     """
+    return collect(DATASET, fill, root, check_images=check_images)
+
+
+def fill(table: RowTable, root: str | Path, check_images: bool = True) -> None:
+    """Stream a VeRi-776 folder into ``table``, one list line or directory entry at a time (flat
+    memory; the table orders the rows). Rows, errors and options as :func:`parse`."""
     root = Path(root)
     require_folders(root, [folder for folder, _, _ in FOLDERS], "VeRi-776")
-    parsed: list[tuple[str, str, int, int]] = []  # (split, relpath, pid, camid)
     for folder, list_name, split in FOLDERS:
         list_path = root / list_name
         if list_path.is_file():
-            images = _read_names(root, folder, list_path, check_images)
+            _read_names(table, root, folder, split, list_path, check_images)
         else:
-            images = _scan(root, folder, check_images)
-        parsed += [(split, f"{folder}/{name}", vid, camid) for name, vid, camid in images]
-    order = {name: i for i, name in enumerate(SPLITS)}
-    rows = [
-        Row(key=key_from_relpath(relpath), relpath=relpath, pid=pid, camid=camid, model_id=-1, split=split)
-        for split, relpath, pid, camid in sorted(parsed, key=lambda p: (order[p[0]], p[1]))
-    ]
-    return Manifest(dataset=DATASET, rows=tuple(rows))
+            _scan(table, root, folder, split, check_images)
 
 
 def _parse_name(file: Path, lineno: int | None, name: str) -> tuple[int, int]:
@@ -96,9 +97,8 @@ def _parse_name(file: Path, lineno: int | None, name: str) -> tuple[int, int]:
     return int(match["vid"]), cam - 1
 
 
-def _read_names(root: Path, folder: str, list_path: Path, check_images: bool) -> list[tuple[str, int, int]]:
-    out = []
-    seen: dict[str, int] = {}  # sample key -> line
+def _read_names(table: RowTable, root: Path, folder: str, split: str, list_path: Path,
+                check_images: bool) -> None:
     for lineno, fields in read_list(list_path):
         if len(fields) != 1:
             raise LayoutError(
@@ -106,24 +106,19 @@ def _read_names(root: Path, folder: str, list_path: Path, check_images: bool) ->
             )
         name = fields[0]
         vid, camid = _parse_name(list_path, lineno, name)
-        key = key_from_relpath(f"{folder}/{name}")
-        if key in seen:
-            raise LayoutError(list_path, lineno, f"image {name} listed twice (first at line {seen[key]})")
-        seen[key] = lineno
+        relpath = f"{folder}/{name}"
+        first = table.add(Row(key_from_relpath(relpath), relpath, vid, camid, -1, split), list_path, lineno)
+        if first is not None:
+            raise LayoutError(list_path, lineno, f"image {name} listed twice (first at line {first.line})")
         check_image(list_path, lineno, root / folder / name, check_images)
-        out.append((name, vid, camid))
-    return out
 
 
-def _scan(root: Path, folder: str, check_images: bool) -> list[tuple[str, int, int]]:
-    out = []
-    seen: dict[str, str] = {}  # sample key -> file name
-    for image in sorted(p for p in (root / folder).iterdir() if p.suffix.lower() == ".jpg" and p.is_file()):
+def _scan(table: RowTable, root: Path, folder: str, split: str, check_images: bool) -> None:
+    for image in scan_jpegs(root / folder):
         vid, camid = _parse_name(image, None, image.name)
-        key = key_from_relpath(f"{folder}/{image.name}")
-        if key in seen:
-            raise LayoutError(image, None, f"same sample key {key!r} as {root / folder / seen[key]}")
-        seen[key] = image.name
+        relpath = f"{folder}/{image.name}"
+        key = key_from_relpath(relpath)
+        first = table.add(Row(key, relpath, vid, camid, -1, split), image, None)
+        if first is not None:
+            raise LayoutError(image, None, f"same sample key {key!r} as {root / first.row.relpath}")
         check_image(image, None, image, check_images)
-        out.append((image.name, vid, camid))
-    return out
