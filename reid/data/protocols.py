@@ -15,15 +15,17 @@ Two kinds, decided by the manifest:
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from reid.data.manifest import Manifest
-from reid.io import atomic_write_text
+from reid.data.manifest import Manifest, natural_key
+from reid.data.row_table import RowTable
+from reid.io import atomic_open, atomic_write_text
 
 FORMAT = "reid-protocol"
 #: camids given to queries and gallery images of a drawn round: they differ, so the
@@ -114,6 +116,24 @@ class Protocol:
                    {k: tuple(v) for k, v in raw["members"].items()})
 
 
+def _check_args(num_draws: int, seed: int) -> None:
+    if num_draws < 1:
+        raise ValueError(f"num_draws must be >= 1, got {num_draws}")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+
+
+def _draw_galleries(by_pid: Iterable[tuple[int, Sequence[str]]], num_draws: int, seed: int) -> tuple[tuple[str, ...], ...]:
+    """Round ``d``'s gallery of one test list: for each ``(pid, keys sorted)`` in ascending pid
+    order, ``keys[default_rng([seed, d, pid]).integers(len(keys))]``. Memory: one key per vehicle
+    per round."""
+    draws: list[list[str]] = [[] for _ in range(num_draws)]
+    for pid, keys in by_pid:
+        for d in range(num_draws):
+            draws[d].append(keys[int(np.random.default_rng([seed, d, pid]).integers(len(keys)))])
+    return tuple(tuple(g) for g in draws)
+
+
 def build_protocol(manifest: Manifest, num_draws: int, seed: int) -> Protocol:
     """The protocol of ``manifest``: gallery draws when it has test lists, else fixed.
 
@@ -121,16 +141,14 @@ def build_protocol(manifest: Manifest, num_draws: int, seed: int) -> Protocol:
     list are sorted by key and one index is drawn with ``numpy.random.default_rng([seed, d, pid])``:
     the draw is deterministic, independent of file order, and a vehicle keeps the same gallery
     image in every list of a round (nested lists stay consistent). A vehicle with a single image
-    only ever appears in the gallery (a distractor for every query).
+    only ever appears in the gallery (a distractor for every query). :func:`write_protocol`
+    streams the same protocol from a :class:`~reid.data.row_table.RowTable`.
 
     Raises:
         ValueError: ``num_draws < 1`` or ``seed < 0``; a manifest with both test lists and a
             fixed query/gallery split.
     """
-    if num_draws < 1:
-        raise ValueError(f"num_draws must be >= 1, got {num_draws}")
-    if seed < 0:
-        raise ValueError(f"seed must be >= 0, got {seed}")
+    _check_args(num_draws, seed)
     test_sets = manifest.test_sets()
     if not test_sets:
         return Protocol("fixed", 0, {"query_gallery": ((),)}, {})
@@ -141,11 +159,44 @@ def build_protocol(manifest: Manifest, num_draws: int, seed: int) -> Protocol:
         by_pid: dict[int, list[str]] = {}
         for r in rows:
             by_pid.setdefault(r.pid, []).append(r.key)
-        draws = []
-        for d in range(num_draws):
-            gallery = [sorted(keys)[int(np.random.default_rng([seed, d, pid]).integers(len(keys)))]
-                       for pid, keys in sorted(by_pid.items())]
-            draws.append(tuple(gallery))
-        sets[name] = tuple(draws)
+        sets[name] = _draw_galleries(((pid, sorted(keys)) for pid, keys in sorted(by_pid.items())), num_draws, seed)
         members[name] = tuple(r.key for r in rows)
     return Protocol("gallery_draws", seed, sets, members)
+
+
+def write_protocol(table: RowTable, path: str | Path, num_draws: int, seed: int) -> tuple[str, tuple[str, ...]]:
+    """Stream the protocol of ``table``'s rows to ``path``, atomically: byte-identical to
+    ``build_protocol(table.manifest(), num_draws, seed).write(path)``, in flat memory (one test
+    list's vehicles at a time; the ``members`` keys stream from the table).
+
+    Returns:
+        ``(kind, set names)``.
+
+    Raises:
+        ValueError: as :func:`build_protocol`. Nothing is written then.
+    """
+    _check_args(num_draws, seed)
+    names = table.test_sets()
+    if not names:
+        protocol = Protocol("fixed", 0, {"query_gallery": ((),)}, {})
+        protocol.write(path)
+        return protocol.kind, tuple(protocol.sets)
+    (fixed,) = table.execute("SELECT COUNT(*) FROM rows WHERE split IN ('query', 'gallery')").fetchone()
+    if fixed:
+        raise ValueError(f"manifest {table.dataset!r} has both test lists and a query/gallery split")
+    join = "FROM members m JOIN rows r ON r.relpath = m.relpath WHERE m.test_set = ?"
+    with atomic_open(path, "w") as fh:
+        fh.write(f'{{"format":{json.dumps(FORMAT)},"kind":"gallery_draws","members":{{')
+        for i, name in enumerate(names):  # sorted, as json.dumps(sort_keys=True)
+            fh.write(f'{"," if i else ""}{json.dumps(name)}:[')
+            keys = table.execute(f"SELECT r.key {join} ORDER BY r.rank, r.relpath", (name,))
+            fh.write(",".join(json.dumps(k) for (k,) in keys))
+            fh.write("]")
+        fh.write(f'}},"seed":{seed},"sets":{{')
+        for i, name in enumerate(names):
+            groups = itertools.groupby(table.execute(f"SELECT r.pid, r.key {join} ORDER BY r.pid, r.key", (name,)),
+                                       key=lambda hit: hit[0])
+            draws = _draw_galleries(((pid, [k for _, k in hits]) for pid, hits in groups), num_draws, seed)
+            fh.write(f'{"," if i else ""}{json.dumps(name)}:{json.dumps([list(d) for d in draws], separators=(",", ":"))}')
+        fh.write("}}\n")
+    return "gallery_draws", tuple(sorted(names, key=natural_key))

@@ -56,7 +56,8 @@ CREATE TABLE digests (
     digest BLOB NOT NULL            -- SHA-256 of the file's bytes
 ) WITHOUT ROWID;
 """
-_ROW_COLUMNS = "key, relpath, pid, camid, model_id, split, test_sets"
+#: Columns of ``rows`` that :func:`row_from_sql` turns back into a :class:`Row`, in its order.
+ROW_COLUMNS = "key, relpath, pid, camid, model_id, split, test_sets"
 
 
 @dataclass(frozen=True)
@@ -149,8 +150,8 @@ class RowTable:
 
     def get(self, relpath: str) -> Existing | None:
         """The row stored for ``relpath`` with where it was first listed, or ``None``."""
-        hit = self._db.execute(f"SELECT {_ROW_COLUMNS}, src, line FROM rows WHERE relpath = ?", (relpath,)).fetchone()
-        return None if hit is None else Existing(_row(hit[:7]), hit[7], hit[8])
+        hit = self._db.execute(f"SELECT {ROW_COLUMNS}, src, line FROM rows WHERE relpath = ?", (relpath,)).fetchone()
+        return None if hit is None else Existing(row_from_sql(hit[:7]), hit[7], hit[8])
 
     def offset_pids(self, splits: Iterable[str], offset: int) -> None:
         """Add ``offset`` to the pid of every row of ``splits`` (e.g. MSMT17's test pids)."""
@@ -183,8 +184,8 @@ class RowTable:
         if splits is not None:
             args = tuple(splits)
             where = f"WHERE split IN ({_marks(args)})"
-        for hit in self.execute(f"SELECT {_ROW_COLUMNS} FROM rows {where} ORDER BY rank, relpath", args):
-            yield _row(hit)
+        for hit in self.execute(f"SELECT {ROW_COLUMNS} FROM rows {where} ORDER BY rank, relpath", args):
+            yield row_from_sql(hit)
 
     def test_sets(self) -> list[str]:
         """Names of the test lists with rows, sorted."""
@@ -259,6 +260,7 @@ def _marks(values: tuple) -> str:
     return ",".join("?" * len(values))
 
 
-def _row(hit: tuple) -> Row:
+def row_from_sql(hit: tuple) -> Row:
+    """The :class:`Row` of a result tuple of :data:`ROW_COLUMNS`."""
     key, relpath, pid, camid, model_id, split, test_sets = hit
     return Row(key, relpath, pid, camid, model_id, split, tuple(test_sets.split(TEST_SET_SEP)) if test_sets else ())

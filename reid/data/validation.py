@@ -33,6 +33,7 @@ import collections
 import concurrent.futures as cf
 import hashlib
 import io
+import itertools
 import re
 import sys
 from dataclasses import asdict, dataclass
@@ -43,6 +44,7 @@ from PIL import Image, ImageFile
 from tqdm import tqdm
 
 from reid.data.manifest import SPLITS, Manifest, Row
+from reid.data.row_table import ROW_COLUMNS as _ROW_COLUMNS, RowTable, row_from_sql
 from reid.io import atomic_write_json, atomic_write_text
 
 __all__ = [
@@ -51,6 +53,7 @@ __all__ = [
     "ValidationReport",
     "ValidationError",
     "validate",
+    "validate_table",
     "write_report",
     "ERROR_KINDS",
     "WARNING_KINDS",
@@ -339,34 +342,36 @@ def _check_file(path: str, decode: bool) -> tuple[bytes | None, str | None, str]
     return digest, None, ""
 
 
-def _check_all(paths: Sequence[str], decode: bool, workers: int, desc: str) -> Iterator[tuple[bytes | None, str | None, str]]:
-    """Yield :func:`_check_file` results for ``paths`` in order, with a progress bar on stderr.
+def _check_all(relpaths: Iterable[str], root: Path, total: int, decode: bool, workers: int,
+               desc: str) -> Iterator[tuple[str, bytes | None, str | None, str]]:
+    """Yield ``(relpath, *_check_file(root / relpath))`` for ``relpaths`` in order, with a progress
+    bar on stderr.
 
-    With ``workers > 1`` the files go to a process pool in chunks, at most ``4 * workers`` chunks
-    in flight, so memory stays bounded however long ``paths`` is.
+    ``relpaths`` is consumed lazily in chunks; with ``workers > 1`` the chunks go to a process
+    pool, at most ``4 * workers`` chunks in flight, so memory stays bounded however many files.
     """
-    bar = tqdm(total=len(paths), desc=desc, unit="img", file=sys.stderr,
-               disable=not sys.stderr.isatty(), leave=False)
+    bar = tqdm(total=total, desc=desc, unit="img", file=sys.stderr, disable=not sys.stderr.isatty(), leave=False)
+    chunk = max(1, min(64, total // (workers * 8) or 1))
+    it = iter(relpaths)
+    chunks = iter(lambda: list(itertools.islice(it, chunk)), [])
     try:
         if workers == 1:
-            for p in paths:
-                yield _check_file(p, decode)
-                bar.update(1)
-            return
-        chunk = max(1, min(64, len(paths) // (workers * 8) or 1))
-        chunks = (paths[i:i + chunk] for i in range(0, len(paths), chunk))
-        with cf.ProcessPoolExecutor(workers) as pool:
-            pending: collections.deque[cf.Future] = collections.deque()
             for part in chunks:
-                pending.append(pool.submit(_check_chunk, part, decode))
+                yield from ((r, *res) for r, res in zip(part, _check_chunk([str(root / r) for r in part], decode)))
+                bar.update(len(part))
+            return
+        with cf.ProcessPoolExecutor(workers) as pool:
+            pending: collections.deque[tuple[list[str], cf.Future]] = collections.deque()
+            for part in chunks:
+                pending.append((part, pool.submit(_check_chunk, [str(root / r) for r in part], decode)))
                 if len(pending) >= 4 * workers:
-                    results = pending.popleft().result()
-                    yield from results
-                    bar.update(len(results))
+                    done, future = pending.popleft()
+                    yield from ((r, *res) for r, res in zip(done, future.result()))
+                    bar.update(len(done))
             while pending:
-                results = pending.popleft().result()
-                yield from results
-                bar.update(len(results))
+                done, future = pending.popleft()
+                yield from ((r, *res) for r, res in zip(done, future.result()))
+                bar.update(len(done))
     finally:
         bar.close()
 
@@ -379,7 +384,10 @@ def _check_chunk(paths: Sequence[str], decode: bool) -> list[tuple[bytes | None,
 
 
 def validate(manifest: Manifest, images_root: str | Path, cfg: ValidationConfig) -> tuple[Manifest, ValidationReport]:
-    """Check ``manifest`` and the images under ``images_root`` (see the module docstring).
+    """Check an in-memory ``manifest`` and the images under ``images_root`` (see the module docstring).
+
+    The same checks as :func:`validate_table` (which ``prepare`` runs on the streamed table), on a
+    temporary table built from ``manifest``.
 
     Args:
         manifest: a parsed manifest; image ``i`` is the file ``images_root / row.relpath``.
@@ -394,97 +402,117 @@ def validate(manifest: Manifest, images_root: str | Path, cfg: ValidationConfig)
 
     Raises:
         ValidationError: if ``cfg.fatal`` and the report has errors (it carries ``.report``).
+        ManifestError: two rows name the same image file.
             Nothing is written either way.
     """
-    root = Path(images_root)
-    rows = manifest.rows
+    with RowTable.from_rows(manifest.dataset, manifest.rows) as table:
+        report = validate_table(table, images_root, cfg)
+    if not report.dropped_ids:
+        return manifest, report
+    dropped = {pid for pid, _ in report.dropped_ids}
+    kept = tuple(r for r in manifest.rows if not (r.split == "train" and r.pid in dropped))
+    return Manifest(manifest.dataset, kept), report
 
-    # 1. per-file checks, once per distinct relpath, results in manifest order.
-    relpaths = list(dict.fromkeys(r.relpath for r in rows))
-    paths = [str(root / rel) for rel in relpaths]
-    digest_of: dict[str, bytes] = {}  # relpath -> sha256 (32 bytes): the only per-file state kept
+
+def validate_table(table: RowTable, images_root: str | Path, cfg: ValidationConfig) -> ValidationReport:
+    """Check the rows of ``table`` and the images under ``images_root`` (see the module docstring),
+    in flat memory: every file is read once, in manifest order, and only its SHA-256 goes into the
+    table; duplicates, small ids and leaked pids are found by queries. Only the issues found are
+    held in memory.
+
+    Args:
+        table: the streamed rows; with ``cfg.drop_small_ids`` the small train ids are deleted from it.
+        images_root: the folder the rows' ``relpath`` values are relative to.
+        cfg: options.
+
+    Returns:
+        the :class:`ValidationReport`, identical for any ``cfg.workers``. Issues are in manifest
+        order (split order, then ``relpath``) within each kind.
+
+    Raises:
+        ValidationError: if ``cfg.fatal`` and the report has errors (it carries ``.report``).
+            Nothing is written either way (the table is scratch space).
+    """
+    root = Path(images_root)
+    total = len(table)
+    splits = _split_stats(table)
+
+    # 1. per-file checks, in manifest order; only the digest is kept (in the table).
     file_issues: dict[str, list[Issue]] = {k: [] for k in ("unreadable_file", "not_jpeg", "corrupt_jpeg")}
-    results = _check_all(paths, cfg.decode, cfg.workers, f"validate {manifest.dataset}")
-    for i, (digest, kind, message) in enumerate(results):  # runs the generator to its end
-        rel = relpaths[i]
+    relpaths = (rel for (rel,) in table.execute("SELECT relpath FROM rows ORDER BY rank, relpath"))
+    results = _check_all(relpaths, root, total, cfg.decode, cfg.workers, f"validate {table.dataset}")
+    digests: list[tuple[str, bytes]] = []
+    for rel, digest, kind, message in results:
         if digest is not None:
-            digest_of[rel] = digest
+            digests.append((rel, digest))
+            if len(digests) >= 4096:
+                table.set_digests(digests)
+                digests.clear()
         if kind is not None:
             file_issues[kind].append(Issue(kind, (rel,), f"{rel}: {message}"))
+    table.set_digests(digests)
 
     # 2. duplicate content.
-    first: dict[bytes, int] = {}  # digest -> index of its first row
-    groups: dict[bytes, list[int]] = {}  # row indices, only for digests seen more than once
-    for i, r in enumerate(rows):
-        digest = digest_of.get(r.relpath)
-        if digest is None:
-            continue
-        j = first.setdefault(digest, i)
-        if j != i:
-            groups.setdefault(digest, [j]).append(i)
-    del first
     dup: dict[str, list[Issue]] = {k: [] for k in ("duplicate_train_test", "duplicate_across_pids", "duplicate_same_pid")}
-    for digest, indices in sorted(groups.items(), key=lambda kv: kv[1][0]):  # by first occurrence
-        members = [rows[i] for i in indices]
+    groups = []
+    for (digest,) in table.execute("SELECT digest FROM digests GROUP BY digest HAVING COUNT(*) > 1").fetchall():
+        members = list(table.execute(f"SELECT r.rank, {_ROW_COLUMNS} FROM digests d JOIN rows r USING (relpath) "
+                                     "WHERE d.digest = ? ORDER BY r.rank, r.relpath", (digest,)))
+        groups.append((members[0][:3], digest, [row_from_sql(m[1:]) for m in members]))
+    for _, digest, members in sorted(groups, key=lambda g: g[0]):  # by first occurrence
         kind, message = _classify_duplicates(digest.hex(), members)
         dup[kind].append(Issue(kind, tuple(r.relpath for r in members), message,
                                tuple(sorted({r.pid for r in members}))))
 
     # 3. small train ids.
-    train_count = collections.Counter(r.pid for r in rows if r.split == "train")
-    small = sorted(pid for pid, n in train_count.items() if n < cfg.min_images)
-    small_set = set(small)
+    small = table.execute("SELECT pid, COUNT(*) FROM rows WHERE split = 'train' GROUP BY pid HAVING COUNT(*) < ? "
+                          "ORDER BY pid", (cfg.min_images,)).fetchall()
     action = "dropped" if cfg.drop_small_ids else "kept"
-    small_files: dict[int, list[str]] = {pid: [] for pid in small}
-    for r in rows:
-        if r.split == "train" and r.pid in small_set:
-            small_files[r.pid].append(r.relpath)
-    small_issues = [Issue("small_train_id", tuple(small_files[pid]),
-                          f"train pid {pid} has {train_count[pid]} image(s) < min_images {cfg.min_images}; {action}",
-                          (pid,)) for pid in small]
+    small_issues = [Issue("small_train_id", _files(table, "train", pid),
+                          f"train pid {pid} has {n} image(s) < min_images {cfg.min_images}; {action}", (pid,))
+                    for pid, n in small]
 
     # 4. pids in train and a test split.
-    by_split_pid: dict[tuple[str, int], list[str]] = {}
-    for r in rows:
-        by_split_pid.setdefault((r.split, r.pid), []).append(r.relpath)
-    test_pids = {pid for (split, pid) in by_split_pid if split in TEST_SPLITS}
-    leak_pids = sorted((set(train_count) & test_pids) - EXEMPT_PIDS)
+    leak_pids = [pid for (pid,) in table.execute(
+        f"SELECT DISTINCT pid FROM rows WHERE split = 'train' AND pid NOT IN ({','.join(map(str, sorted(EXEMPT_PIDS)))}) "
+        f"AND pid IN (SELECT pid FROM rows WHERE split IN ({','.join(repr(s) for s in TEST_SPLITS)})) ORDER BY pid")]
     leak_issues = []
     for pid in leak_pids:
         parts, sample = [], []
         for split in ("train",) + TEST_SPLITS:
-            files = by_split_pid.get((split, pid))
-            if files:
-                parts.append(f"{split} ({len(files)} images)")
-                sample += files[:_PID_SAMPLE_FILES]
+            (n,) = table.execute("SELECT COUNT(*) FROM rows WHERE split = ? AND pid = ?", (split, pid)).fetchone()
+            if n:
+                parts.append(f"{split} ({n} images)")
+                sample += _files(table, split, pid, _PID_SAMPLE_FILES)
         leak_issues.append(Issue("pid_train_test", tuple(sample), f"pid {pid} is in {' and '.join(parts)}", (pid,)))
 
     errors = (file_issues["unreadable_file"] + file_issues["not_jpeg"] + file_issues["corrupt_jpeg"]
               + dup["duplicate_train_test"] + dup["duplicate_across_pids"] + leak_issues)
     warnings = dup["duplicate_same_pid"] + small_issues
-
-    out = manifest
-    dropped: tuple[tuple[int, int], ...] = ()
-    if cfg.drop_small_ids and small:
-        dropped = tuple((pid, train_count[pid]) for pid in small)
-        out = Manifest(manifest.dataset, tuple(r for r in rows if not (r.split == "train" and r.pid in small_set)))
-
     config = asdict(cfg)
     del config["workers"]
     report = ValidationReport(
-        dataset=manifest.dataset,
+        dataset=table.dataset,
         images_root=str(images_root),
         config=config,
-        images=len(rows),
-        files=len(relpaths),
-        splits=_split_stats(rows),
+        images=total,
+        files=total,
+        splits=splits,
         errors=tuple(errors),
         warnings=tuple(warnings),
-        dropped_ids=dropped,
+        dropped_ids=tuple((pid, n) for pid, n in small) if cfg.drop_small_ids else (),
     )
     if cfg.fatal and report.errors:
         raise ValidationError(report)
-    return out, report
+    if cfg.drop_small_ids:
+        table.delete_train_pids(pid for pid, _ in small)
+    return report
+
+
+def _files(table: RowTable, split: str, pid: int, limit: int = -1) -> tuple[str, ...]:
+    """relpaths of one split's rows of ``pid``, in manifest order (at most ``limit``; -1: all)."""
+    return tuple(rel for (rel,) in table.execute(
+        "SELECT relpath FROM rows WHERE split = ? AND pid = ? ORDER BY rank, relpath LIMIT ?", (split, pid, limit)))
 
 
 def _classify_duplicates(digest: str, members: list[Row]) -> tuple[str, str]:
@@ -499,20 +527,20 @@ def _classify_duplicates(digest: str, members: list[Row]) -> tuple[str, str]:
     return "duplicate_same_pid", f"{head}; same pid {pids[0]}"
 
 
-def _split_stats(rows: Iterable[Row]) -> dict[str, dict[str, int]]:
-    images: collections.Counter[str] = collections.Counter()
-    pids: dict[str, set[int]] = {}
-    for r in rows:
-        images[r.split] += 1
-        pids.setdefault(r.split, set()).add(r.pid)
-    return {s: {"images": images[s], "pids": len(pids[s])} for s in SPLITS if images[s]}
+def _split_stats(table: RowTable) -> dict[str, dict[str, int]]:
+    out = {}
+    for split, images, pids in table.execute("SELECT split, COUNT(*), COUNT(DISTINCT pid) FROM rows GROUP BY split"):
+        out[split] = {"images": images, "pids": pids}
+    return {s: out[s] for s in SPLITS if s in out}
 
 
-def disabled_report(manifest: Manifest, images_root: str | Path) -> ValidationReport:
+def disabled_report(table: RowTable | Manifest, images_root: str | Path) -> ValidationReport:
     """The report of a run with data checks turned off: no check ran, nothing was found."""
-    return ValidationReport(dataset=manifest.dataset, images_root=str(images_root), config={"enabled": False},
-                            images=len(manifest.rows), files=0, splits=_split_stats(manifest.rows),
-                            errors=(), warnings=())
+    if isinstance(table, Manifest):
+        with RowTable.from_rows(table.dataset, table.rows) as t:
+            return disabled_report(t, images_root)
+    return ValidationReport(dataset=table.dataset, images_root=str(images_root), config={"enabled": False},
+                            images=len(table), files=0, splits=_split_stats(table), errors=(), warnings=())
 
 
 def write_report(report: ValidationReport, path_txt: str | Path, path_json: str | Path | None = None) -> None:

@@ -75,3 +75,44 @@ def test_write_read_round_trip_and_errors(tmp_path):
     mixed = Manifest("x", (*VEHICLE.rows, Row("q", "q.jpg", 5, 0, -1, "query")))
     with pytest.raises(ValueError, match="both test lists and a query/gallery split"):
         build_protocol(mixed, 1, 0)
+
+
+def _random_vehicle_manifest(seed):
+    rng = np.random.default_rng(seed)
+    rows = [Row("image__0__0", "image/0/0.jpg", 0, 0, 0, "train")]
+    for pid in rng.permutation(np.arange(1, 40)):
+        lists = ("test_full",) if pid > 25 else ("test_1000", "test_full") if pid > 10 else BOTH + ("test_full",)
+        rows += [Row(f"image__{pid}__{n}", f"image/{pid}/{n}.jpg", int(pid), 0, int(pid) % 5, "test", lists)
+                 for n in rng.permutation(int(rng.integers(1, 6)))]
+    return Manifest("veh", tuple(rows))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_streamed_protocol_is_byte_identical_to_the_in_memory_one(tmp_path, seed):
+    from reid.data.protocols import write_protocol
+    from reid.data.row_table import RowTable
+
+    manifest = _random_vehicle_manifest(seed)
+    with RowTable.from_rows("veh", manifest.rows) as table:
+        kind, sets = write_protocol(table, tmp_path / "p.json", num_draws=3, seed=seed)
+        ordered = table.manifest()  # the table's (manifest) order: split, then relpath
+    assert (kind, sets) == ("gallery_draws", ("test_1000", "test_2000", "test_full"))
+    assert (tmp_path / "p.json").read_text() == build_protocol(ordered, 3, seed).to_json()
+    assert Protocol.read(tmp_path / "p.json") == build_protocol(ordered, 3, seed)
+
+
+def test_streamed_protocol_fixed_and_errors(tmp_path):
+    from reid.data.protocols import write_protocol
+    from reid.data.row_table import RowTable
+
+    fixed = Manifest("p", (Row("a", "a.jpg", 1, 0, -1, "query"), Row("b", "b.jpg", 1, 1, -1, "gallery")))
+    with RowTable.from_rows("p", fixed.rows) as table:
+        assert write_protocol(table, tmp_path / "f.json", 10, 0) == ("fixed", ("query_gallery",))
+    assert (tmp_path / "f.json").read_text() == build_protocol(fixed, 10, 0).to_json()
+    mixed = (*VEHICLE.rows, Row("q", "q.jpg", 5, 0, -1, "query"))
+    with RowTable.from_rows("x", mixed) as table:
+        with pytest.raises(ValueError, match="both test lists"):
+            write_protocol(table, tmp_path / "m.json", 2, 0)
+        with pytest.raises(ValueError, match="num_draws"):
+            write_protocol(table, tmp_path / "m.json", 0, 0)
+    assert not (tmp_path / "m.json").exists()
