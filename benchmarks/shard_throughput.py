@@ -121,27 +121,15 @@ def run_child(phase: str, params: str, outdir: str, result: str, cprofile: str |
     if phase == "prepare":
         import pipeline.prepare as stage
 
-        stage.parse = steps.wrap("parse (layout + PIL verify)", stage.parse)
-        stage.validate = steps.wrap("data checks (validate)", stage.validate)
-        stage.build_protocol = steps.wrap("build_protocol", stage.build_protocol)
+        stage.fill = steps.wrap("parse (layout -> on-disk row table)", stage.fill)
+        stage.validate_table = steps.wrap("data checks (validate_table)", stage.validate_table)
+        stage.write_protocol = steps.wrap("protocol (streamed)", stage.write_protocol)
+        stage.write_report = steps.wrap("check report", stage.write_report)
+        stage.write_rows = steps.wrap("manifest CSV (streamed)", stage.write_rows)
     elif phase == "shard":
         import pipeline.shard as stage
-        import reid.data.shards as sh
-        from reid.data.manifest import Manifest
 
-        read = Manifest.read
-        Manifest.read = staticmethod(steps.wrap("manifest read (CSV)", read))  # type: ignore[method-assign]
         stage.write_shards = steps.wrap("write_shards (total)", stage.write_shards)
-        sh._read_image = steps.wrap("  read input images", sh._read_image)
-        sh._sample = steps.wrap("  tar headers + sample layout (_sample)", sh._sample)
-        sh._ShardFile.add = steps.wrap("  tar member writing (write + sha256 update)", sh._ShardFile.add)
-        sh._ShardFile.commit = steps.wrap("  tar close + fsync + rename", sh._ShardFile.commit)
-        sh._scan_tar = steps.wrap("  re-scan written tar (tarfile)", sh._scan_tar)
-        sh._sha256 = steps.wrap("  sha256 of written tar", sh._sha256)
-        sh.atomic_write_text = steps.wrap("  .idx + shards.json writes (fsync)", sh.atomic_write_text)
-        sh.ShardsIndex.load = classmethod(  # type: ignore[method-assign]
-            lambda cls, *a, _f=steps.wrap("  ShardsIndex.load (re-read shards.json)",
-                                          sh.ShardsIndex.load.__func__), **k: _f(cls, *a, **k))
     else:
         raise SystemExit(f"unknown phase {phase!r}")
     t_imported = time.perf_counter()
@@ -240,50 +228,66 @@ def timed_process(cmd: list[str], rss_file: Path, cwd: Path | None = None) -> di
     return {"wall_s": wall, "maxrss_mib": kib / 1024, "rss_source": "/usr/bin/time %M" if use_time else "os.wait4"}
 
 
-def write_params(path: Path, root: Path) -> dict[str, Any]:
+#: Settings compared in one run: name -> (description, params.yaml overrides "section.key" -> value).
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "default": ("params.yaml defaults (data checks: full JPEG decode)", {}),
+    "header": ("data checks with header-only JPEG check", {"data_checks.decode": False}),
+    "nochecks": ("data checks off", {"data_checks.enabled": False}),
+}
+
+
+def write_params(path: Path, root: Path, overrides: dict[str, Any]) -> dict[str, Any]:
     import yaml
 
     from reid.params import load_params
 
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["datasets"][DATASET]["root"] = str(root)
+    for dotted, value in overrides.items():
+        section, key = dotted.split(".")
+        raw[section][key] = value
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     p = load_params(path)  # validates; and tells the settings in force
     ds = p.dataset(DATASET)
     return {"check_images": ds.check_images, "data_checks": p.data_checks.model_dump(),
-            "min_images (sampler.k)": p.sampler.k, "shard.target_bytes": p.shard.target_bytes,
+            "min_images (sampler.k)": p.sampler.k, "shard": p.shard.model_dump(),
             "num_draws": ds.num_draws, "val": ds.val}
 
 
-def bench_size(n: int, workdir: Path, cprofile: bool, keep: bool) -> dict[str, Any]:
+def bench_size(n: int, workdir: Path, variants: list[str], cprofile: bool, keep: bool) -> dict[str, Any]:
     root, reused = ensure_dataset(workdir, n)
     base = root.parent
-    out = base / "out"
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
-    settings = write_params(out / "params.yaml", root)
     log(f"N={n}: dataset {root} ({'reused' if reused else 'new'}); warming the page cache (sync + read all) ...")
     n_jpg, jpg_bytes, n_files = warm_cache(root)
     log(f"N={n}: {n_jpg} JPEGs, {jpg_bytes / MB:.1f} MB ({n_files} files in all)")
     res: dict[str, Any] = {"n": n, "images": n_jpg, "jpeg_bytes": jpg_bytes, "files": n_files, "root": str(root),
-                           "settings": settings, "reused_dataset": reused}
-    for phase in ("prepare", "shard"):
-        result = out / f"{phase}.result.json"
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--phase", phase, "--params", str(out / "params.yaml"),
-               "--outdir", str(out), "--result", str(result)]
-        if cprofile:
-            cmd += ["--cprofile-file", str(base / f"{phase}.prof")]
-        log(f"N={n}: {phase} (fresh process) ...")
-        r = timed_process(cmd, out / f"{phase}.maxrss", cwd=REPO)
-        r["child"] = json.loads(result.read_text())
-        res[phase] = r
-        log(f"N={n}: {phase}: {r['wall_s']:.1f} s wall, {n_jpg / r['wall_s']:.0f} img/s, "
-            f"peak RSS {r['maxrss_mib']:.0f} MiB")
+                           "reused_dataset": reused, "variants": {}}
+    for variant in variants:
+        out = base / "out"
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        v: dict[str, Any] = {"settings": write_params(out / "params.yaml", root, VARIANTS[variant][1])}
+        warm_cache(root)
+        for phase in ("prepare", "shard"):
+            result = out / f"{phase}.result.json"
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--phase", phase, "--params",
+                   str(out / "params.yaml"), "--outdir", str(out), "--result", str(result)]
+            if cprofile:
+                cmd += ["--cprofile-file", str(base / f"{variant}.{phase}.prof")]
+            log(f"N={n} [{variant}]: {phase} (fresh process) ...")
+            r = timed_process(cmd, out / f"{phase}.maxrss", cwd=REPO)
+            r["child"] = json.loads(result.read_text())
+            v[phase] = r
+            log(f"N={n} [{variant}]: {phase}: {r['wall_s']:.1f} s wall, {n_jpg / r['wall_s']:.0f} img/s, "
+                f"peak RSS {r['maxrss_mib']:.0f} MiB")
+        res["variants"][variant] = v
+        if not keep:
+            shutil.rmtree(out / "shards", ignore_errors=True)
     tar = base / "bench.tar"
     tar.unlink(missing_ok=True)
     log(f"N={n}: warming the page cache again (sync + read all), then tar ...")
     warm_cache(root)
-    r = timed_process(["tar", "-cf", str(tar), "-C", str(root), "."], out / "tar.maxrss")
+    r = timed_process(["tar", "-cf", str(tar), "-C", str(root), "."], base / "tar.maxrss")
     r["tar_bytes"] = tar.stat().st_size
     t0 = time.perf_counter()
     subprocess.run(["sync"], check=True)
@@ -293,83 +297,69 @@ def bench_size(n: int, workdir: Path, cprofile: bool, keep: bool) -> dict[str, A
         f"peak RSS {r['maxrss_mib']:.0f} MiB")
     if not keep:
         tar.unlink()
-        shutil.rmtree(out / "shards", ignore_errors=True)
     return res
 
 
 def render(results: list[dict[str, Any]], command: str) -> str:
+    variants = list(results[0]["variants"])
     lines = [
-        "Page cache: `sync`, then every dataset file read once, before the pipeline phases and again before tar.",
-        "Throughput = N / wall s and input JPEG MB (10^6 B) / wall s; each stage is a fresh process (start-up and",
-        "imports included); peak RSS = ru_maxrss of the phase's process tree (largest single process;",
-        "GNU time %M), MiB.",
+        "Page cache: `sync`, then every dataset file read once, before each variant's pipeline phases and again",
+        "before tar. Throughput = N / wall s and input JPEG MB (10^6 B) / wall s; each stage is a fresh process",
+        "(start-up and imports included); peak RSS = ru_maxrss of the phase's process tree (largest single",
+        "process; GNU time %M), MiB. Variants: "
+        + "; ".join(f"`{v}` = {VARIANTS[v][0]}" for v in variants) + ".",
         "",
         f"Command: `{command}`",
         "",
-        "| N | input MB | prepare s | prepare img/s | prepare MB/s | shard s | shard img/s | shard MB/s "
-        "| prepare+shard s | prepare+shard img/s | prepare+shard MB/s | tar s | tar img/s | tar MB/s "
-        "| ratio vs tar | peak RSS prepare MiB | peak RSS shard MiB | peak RSS tar MiB |",
-        "|" + "---|" * 18,
+        "| N | variant | input MB | prepare s | shard s | prepare+shard s | prepare+shard img/s | prepare+shard MB/s "
+        "| tar s | tar img/s | tar MB/s | ratio vs tar | peak RSS prepare MiB | peak RSS shard MiB | peak RSS tar MiB |",
+        "|" + "---|" * 15,
     ]
     for r in results:
-        n, mb = r["images"], r["jpeg_bytes"] / MB
-        p, s, t = r["prepare"]["wall_s"], r["shard"]["wall_s"], r["tar"]["wall_s"]
-        ps = p + s
-        lines.append(
-            f"| {n} | {mb:.1f} | {p:.1f} | {n / p:.0f} | {mb / p:.2f} | {s:.1f} | {n / s:.0f} | {mb / s:.2f} "
-            f"| {ps:.1f} | {n / ps:.0f} | {mb / ps:.2f} | {t:.2f} | {n / t:.0f} | {mb / t:.1f} "
-            f"| {t / ps:.3f} | {r['prepare']['maxrss_mib']:.0f} | {r['shard']['maxrss_mib']:.0f} "
-            f"| {r['tar']['maxrss_mib']:.1f} |"
-        )
+        n, mb, t = r["images"], r["jpeg_bytes"] / MB, r["tar"]["wall_s"]
+        for name, v in r["variants"].items():
+            p, s = v["prepare"]["wall_s"], v["shard"]["wall_s"]
+            ps = p + s
+            lines.append(
+                f"| {n} | {name} | {mb:.1f} | {p:.2f} | {s:.2f} | {ps:.2f} | {n / ps:.0f} | {mb / ps:.2f} "
+                f"| {t:.2f} | {n / t:.0f} | {mb / t:.1f} | {t / ps:.3f} | {v['prepare']['maxrss_mib']:.0f} "
+                f"| {v['shard']['maxrss_mib']:.0f} | {r['tar']['maxrss_mib']:.1f} |")
     lines += ["", "tar wall time excludes the `sync` after it: "
               + ", ".join(f"N={r['images']}: +{r['tar']['sync_after_s']:.1f} s sync" for r in results) + "."]
-    if len(results) >= 2:
-        lo, hi = results[0], results[-1]
-        lines += ["", f"Peak RSS ratio N={hi['images']} / N={lo['images']}:", ""]
-        for phase in ("prepare", "shard", "tar"):
-            a, b = lo[phase]["maxrss_mib"], hi[phase]["maxrss_mib"]
-            lines.append(f"- {phase}: {b:.0f} / {a:.0f} MiB = {b / a:.2f}")
-        a = max(lo["prepare"]["maxrss_mib"], lo["shard"]["maxrss_mib"])
-        b = max(hi["prepare"]["maxrss_mib"], hi["shard"]["maxrss_mib"])
-        lines.append(f"- prepare+shard (larger of the two): {b:.0f} / {a:.0f} MiB = {b / a:.2f}")
-        lines += ["", "Same ratio from the stage process's own ru_maxrss, read inside it at the end of main() (before",
-                  "interpreter shutdown, which the process-tree figure above includes):", ""]
-        for phase in ("prepare", "shard"):
-            a, b = lo[phase]["child"]["maxrss_self_mib"], hi[phase]["child"]["maxrss_self_mib"]
-            lines.append(f"- {phase}: {b:.0f} / {a:.0f} MiB = {b / a:.2f}")
     lines += ["", "Goals: throughput >= 0.8 x tar; peak RSS at the largest N within 15 % of the smallest N.", ""]
     for r in results:
-        ratio = r["tar"]["wall_s"] / (r["prepare"]["wall_s"] + r["shard"]["wall_s"])
-        lines.append(f"- N={r['images']}: throughput ratio {ratio:.3f} -> {'MET' if ratio >= 0.8 else 'NOT met'}")
+        for name, v in r["variants"].items():
+            ratio = r["tar"]["wall_s"] / (v["prepare"]["wall_s"] + v["shard"]["wall_s"])
+            lines.append(f"- N={r['images']} [{name}]: throughput ratio {ratio:.3f} -> {'MET' if ratio >= 0.8 else 'NOT met'}")
     if len(results) >= 2:
-        a = max(results[0]["prepare"]["maxrss_mib"], results[0]["shard"]["maxrss_mib"])
-        b = max(results[-1]["prepare"]["maxrss_mib"], results[-1]["shard"]["maxrss_mib"])
-        verdict = "MET" if b / a <= 1.15 else "NOT met"
-        lines.append(f"- peak RSS ratio (process trees, larger stage) {b / a:.2f} -> {verdict}")
-        for phase in ("prepare", "shard"):
-            a, b = results[0][phase]["child"]["maxrss_self_mib"], results[-1][phase]["child"]["maxrss_self_mib"]
-            verdict = "MET" if b / a <= 1.15 else "NOT met"
-            lines.append(f"  - {phase} stage process before exit: {b / a:.2f} -> {verdict}")
-    lines += ["", "Breakdown inside the stage processes (s; RSS of the stage process after the step, MiB; indented "
-              "steps are parts of write_shards, summed over calls). Child processes: prepare's data-check workers; "
-              "in shard only an `ldconfig -p` forked while torch is imported (its ru_maxrss is the forking "
-              "process's RSS).", ""]
-    lines += ["| N | phase | step | calls | s | RSS after MiB | peak so far MiB |", "|---|---|---|---|---|---|---|"]
+        lo, hi = results[0], results[-1]
+        for name in variants:
+            for phase in ("prepare", "shard"):
+                a, b = lo["variants"][name][phase]["maxrss_mib"], hi["variants"][name][phase]["maxrss_mib"]
+                ia = lo["variants"][name][phase]["child"]["maxrss_self_mib"]
+                ib = hi["variants"][name][phase]["child"]["maxrss_self_mib"]
+                lines.append(f"- [{name}] {phase} peak RSS N={hi['images']} / N={lo['images']}: {b:.0f} / {a:.0f} MiB "
+                             f"= {b / a:.2f} -> {'MET' if b / a <= 1.15 else 'NOT met'} (stage process alone, before "
+                             f"exit: {ib:.0f} / {ia:.0f} = {ib / ia:.2f})")
+    lines += ["", "Breakdown inside the stage processes (s; RSS of the stage process after the step, MiB).", ""]
+    lines += ["| N | variant | phase | step | calls | s | RSS after MiB | peak so far MiB |", "|" + "---|" * 8]
     for r in results:
-        for phase in ("prepare", "shard"):
-            c = r[phase]["child"]
-            lines.append(f"| {r['images']} | {phase} | process start + imports (outside main) | 1 "
-                         f"| {r[phase]['wall_s'] - c['main_s']:.2f} | {c['steps']['after imports']['rss_mib']:.0f} "
-                         f"| {c['steps']['after imports']['maxrss_mib']:.0f} |")
-            for label, d in c["steps"].items():
-                if "seconds" in d:
-                    lines.append(f"| {r['images']} | {phase} | {label.strip()} | {d['calls']} | {d['seconds']:.2f} "
-                                 f"| {d['rss_after_mib']:.0f} | {d['maxrss_after_mib']:.0f} |")
-            timed = sum(d["seconds"] for k, d in c["steps"].items() if "seconds" in d and not k.startswith("  "))
-            lines.append(f"| {r['images']} | {phase} | rest of main() | | {c['main_s'] - timed:.2f} "
-                         f"| {c['steps']['end']['rss_mib']:.0f} | {c['steps']['end']['maxrss_mib']:.0f} |")
-            lines.append(f"| {r['images']} | {phase} | (max RSS: stage process {c['maxrss_self_mib']:.0f}, "
-                         f"its child processes {c['maxrss_workers_mib']:.0f}) | | | | |")
+        for name, v in r["variants"].items():
+            for phase in ("prepare", "shard"):
+                c = v[phase]["child"]
+                head = f"| {r['images']} | {name} | {phase}"
+                lines.append(f"{head} | process start + imports (outside main) | 1 "
+                             f"| {v[phase]['wall_s'] - c['main_s']:.2f} | {c['steps']['after imports']['rss_mib']:.0f} "
+                             f"| {c['steps']['after imports']['maxrss_mib']:.0f} |")
+                for label, d in c["steps"].items():
+                    if "seconds" in d:
+                        lines.append(f"{head} | {label} | {d['calls']} | {d['seconds']:.2f} "
+                                     f"| {d['rss_after_mib']:.0f} | {d['maxrss_after_mib']:.0f} |")
+                timed = sum(d["seconds"] for d in c["steps"].values() if "seconds" in d)
+                lines.append(f"{head} | rest of main() | | {c['main_s'] - timed:.2f} "
+                             f"| {c['steps']['end']['rss_mib']:.0f} | {c['steps']['end']['maxrss_mib']:.0f} |")
+                lines.append(f"{head} | (max RSS: stage process {c['maxrss_self_mib']:.0f}, "
+                             f"its child processes {c['maxrss_workers_mib']:.0f}) | | | | |")
     return "\n".join(lines) + "\n"
 
 
@@ -381,6 +371,8 @@ def main() -> None:
     ap.add_argument("--output", type=Path, default=None, help="Markdown results (default <workdir>/results.md)")
     ap.add_argument("--cprofile", action="store_true", help="run the stages under cProfile (timings not comparable)")
     ap.add_argument("--keep-outputs", action="store_true", help="keep the shards and bench.tar of each size")
+    ap.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=list(VARIANTS),
+                    help="settings to run prepare+shard under (default: all)")
     # internal: one stage in a fresh process
     ap.add_argument("--phase", choices=("prepare", "shard"), help=argparse.SUPPRESS)
     ap.add_argument("--params", help=argparse.SUPPRESS)
@@ -399,8 +391,9 @@ def main() -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     command = " ".join([".venv/bin/python", "benchmarks/shard_throughput.py"] + sys.argv[1:])
     log(f"python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} CPUs; workdir {workdir}")
-    results = [bench_size(n, workdir, args.cprofile, args.keep_outputs) for n in sizes]
-    log(f"settings in force (params.yaml defaults): {results[0]['settings']}")
+    results = [bench_size(n, workdir, args.variants, args.cprofile, args.keep_outputs) for n in sizes]
+    for name, v in results[0]["variants"].items():
+        log(f"settings in force [{name}]: {v['settings']}")
     text = render(results, command)
     if args.cprofile:
         text = "**Run under cProfile: timings inflated, not comparable.**\n\n" + text
@@ -412,7 +405,7 @@ def main() -> None:
         import pstats
 
         for n in sizes:
-            for phase in ("prepare", "shard"):
+            for phase in [f"{v}.{p}" for v in args.variants for p in ("prepare", "shard")]:
                 prof = workdir / f"msmt17_{n}" / f"{phase}.prof"
                 with open(prof.with_suffix(".txt"), "w") as fh:
                     st = pstats.Stats(str(prof), stream=fh)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class _Section(BaseModel):
@@ -35,7 +35,7 @@ class DatasetParams(_Section):
     num_draws: int = Field(default=10, ge=1)
     gallery_seed: int = Field(default=0, ge=0)
     val: Optional[Literal["merge", "holdout"]] = None
-    check_images: bool = True
+    check_images: bool = False  # the data checks read every image; this adds a parse-time PIL verify
 
     @model_validator(mode="after")
     def _check(self) -> "DatasetParams":
@@ -99,9 +99,19 @@ class DataChecksParams(_Section):
 
 
 class ShardParams(_Section):
-    """``shard``: WebDataset shard size target in bytes."""
+    """``shard``: ``target_bytes``, the WebDataset tar size target in bytes; ``workers``, the
+    processes that read images and write tars (int >= 1, default 2; 1 = no pool). The shards
+    are byte-identical for any ``workers``."""
 
     target_bytes: int = Field(gt=0)
+    workers: int = 2
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _check_workers(cls, value: object) -> int:
+        if type(value) is not int or value < 1:
+            raise ValueError(f"must be an int >= 1 (processes writing the shards), got {value!r}")
+        return value
 
 
 class SamplerParams(_Section):
