@@ -82,7 +82,7 @@ class RowTable:
     Not thread-safe; one table per process.
     """
 
-    def __init__(self, dataset: str, directory: str | Path | None = None, cache_kib: int = 16384) -> None:
+    def __init__(self, dataset: str, directory: str | Path | None = None, cache_kib: int = 2048) -> None:
         self.dataset = dataset
         fd, name = tempfile.mkstemp(prefix=f"reid-{dataset}-", suffix=".sqlite", dir=directory)
         os.close(fd)
