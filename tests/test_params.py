@@ -32,12 +32,22 @@ def test_repo_params_are_valid():
     (lambda r: r["datasets"]["vehicle1m"].update(test_set="test_1000"), "datasets.vehicle1m.test_set"),
     (lambda r: r["datasets"]["vehicle1m"].update(num_draws=0), "datasets.vehicle1m.num_draws"),
     (lambda r: r["datasets"]["msmt17"].update(val="keep"), "datasets.msmt17.val"),
+    (lambda r: r["shard"].update(workers=0), "shard.workers"),
+    (lambda r: r["shard"].update(workers=True), "shard.workers"),
+    (lambda r: r["shard"].update(workers="2"), "shard.workers"),
 ])
 def test_bad_params_name_file_and_key(tmp_path, mutate, key):
     path = _write(tmp_path, mutate)
     with pytest.raises(ParamsError) as err:
         load_params(path)
     assert str(path) in str(err.value) and key in str(err.value)
+
+
+def test_shard_workers(tmp_path):
+    assert load_params(REPO / "params.yaml").shard.workers == 2
+    assert load_params(_write(tmp_path, lambda r: r["shard"].pop("workers"))).shard.workers == 2  # default
+    with pytest.raises(ParamsError, match=r"shard\.workers: .*must be an int >= 1 .*got 0"):
+        load_params(_write(tmp_path, lambda r: r["shard"].update(workers=0)))
 
 
 def test_missing_file_and_bad_yaml(tmp_path):

@@ -1,14 +1,16 @@
-"""WebDataset shards of a :class:`~reid.data.manifest.Manifest`, with DALI index files.
+"""WebDataset shards of a manifest, with DALI index files.
 
-:func:`write_shards` turns a manifest plus its image folder into a folder of shards;
+:func:`write_shards` turns a manifest (a :class:`~reid.data.manifest.Manifest` in memory, or a
+manifest CSV streamed row by row) plus its image folder into a folder of shards;
 :class:`ShardsIndex` loads, validates and randomly reads that folder.
 
 Files in ``out_dir`` (all sizes and offsets are in bytes):
 
-``<split>-<NNNNNN>.tar`` (``split`` in ``train``, ``query``, ``gallery``; ``NNNNNN`` from ``000000``)
+``<split>-<NNNNNN>.tar`` (``split`` in ``train``, ``val``, ``query``, ``gallery``, ``test``;
+``NNNNNN`` from ``000000``)
     An uncompressed POSIX tar (PAX format; a PAX extended header only appears for a member name
-    over 100 characters) in WebDataset layout. Samples appear in manifest order; each sample is
-    two regular-file members, in this order:
+    over 100 characters or not ASCII) in WebDataset layout. Samples appear in manifest order; each
+    sample is two regular-file members, in this order:
 
     * ``<key>.jpg``: the image file's bytes, unchanged (whatever format the file really is).
     * ``<key>.json``: the labels as compact UTF-8 JSON with sorted keys,
@@ -29,42 +31,54 @@ Files in ``out_dir`` (all sizes and offsets are in bytes):
     one line per sample, in tar order; ``data_offset`` is where the member's data starts in the
     tar (after its header, always a multiple of 512), ``size`` its length.
 
-``shards.json``
-    The catalogue, compact JSON with sorted keys::
+``shards.json`` (format version 2)
+    The catalogue: one line of compact JSON with sorted keys (exactly
+    ``json.dumps(doc, sort_keys=True, separators=(",", ":")) + "\\n"``)::
 
-        {"format": "reid-wds-shards", "version": 1, "dataset": <manifest.dataset>,
+        {"dataset": <manifest dataset name>,
+         "format": "reid-wds-shards",
+         "shards": [{"bytes": <tar file size>, "count": <samples>, "index": "train-000000.idx",
+                     "name": "train-000000.tar",
+                     "samples": [[<key>, <jpg data offset>, <jpg size>, <pid>, <camid>, <model_id>],
+                                 ...],                          # tar order (= manifest order)
+                     "sha256": <hex of the tar>, "split": "train"},
+                    ...],                                       # split order, then number
+         "splits": {"train": {"bytes": <sum of tar sizes>, "samples": <n>, "shards": <n>}, ...},
          "target_bytes": <int>,
-         "shards": [{"name": "train-000000.tar", "split": "train", "count": <samples>,
-                     "bytes": <tar file size>, "sha256": <hex of the tar>,
-                     "index": "train-000000.idx"}, ...],          # split order, then number
-         "splits": {"train": {"shards": <n>, "samples": <n>, "bytes": <sum of tar sizes>}, ...},
-         "samples": {<key>: [<shard name>, <jpg data offset>, <jpg size>,
-                             <pid>, <camid>, <model_id>, <split>], ...}}
+         "version": 2}
 
-    ``splits`` lists only splits that have rows. ``shards.json`` is written last (and the old one
-    is removed first), so a run that crashes leaves either no ``shards.json`` or one whose tars
-    all exist.
+    ``splits`` lists only splits that have rows. Each shard record carries its own samples, so
+    the file is written shard by shard without holding every key. It is written last (into a
+    temp file renamed after every tar exists, and the old one is removed first), so a run that
+    crashes leaves either no ``shards.json`` or one whose tars all exist. Version 1 (a global
+    ``samples`` map keyed by sample key) is no longer read: re-run the shard stage.
 
 Sharding rule: a split's samples fill ``<split>-000000.tar`` in manifest order; a new shard is
 started when adding the next sample would make the tar file (padding included) larger than
 ``target_bytes``. A shard always holds at least one sample, so a single sample larger than
-``target_bytes`` gets a shard of its own (the only case where a tar exceeds the target).
+``target_bytes`` gets a shard of its own (the only case where a tar exceeds the target). The cut
+is planned from the images' sizes (``os.stat``) before any byte is read, so it does not depend on
+how many worker processes write the tars.
 """
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures as cf
 import hashlib
 import json
 import os
 import re
+import stat
 import tarfile
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring_ascii as _json_str
 from pathlib import Path
-from typing import IO, Any, Iterator, Mapping, NamedTuple
+from typing import IO, Any, Iterable, Iterator, Mapping, NamedTuple
 
-from reid.data.manifest import SPLITS, Manifest, Row
+from reid.data.manifest import SPLITS, Manifest, Row, iter_rows
 from reid.io import atomic_open, atomic_write_text
 
 __all__ = [
@@ -73,12 +87,13 @@ __all__ = [
     "ShardInfo",
     "ShardsError",
     "ShardsIndex",
+    "ShardsSummary",
     "write_shards",
 ]
 
 SHARDS_JSON = "shards.json"
 FORMAT_NAME = "reid-wds-shards"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 INDEX_VERSION = "v1.2"  # DALI wds2idx index format version written to every .idx
 
 _OWNER = "root"
@@ -86,10 +101,11 @@ _MODE = 0o444
 _TAR_FORMAT = tarfile.PAX_FORMAT
 _BLOCK = tarfile.BLOCKSIZE  # 512
 _RECORD = tarfile.RECORDSIZE  # 10240
-_KEY_OK = re.compile(r"^[A-Za-z0-9_-]+$")
+_KEY_OK = re.compile(r"[A-Za-z0-9_-]+")  # used with fullmatch (no trailing newline slips through)
 _SHARD_FILE = re.compile(r"^(?:%s)-[0-9]{6}\.(?:tar|idx)$" % "|".join(SPLITS))
-_SAMPLE_FIELDS = 7
+_SAMPLE_FIELDS = 6  # [key, jpg offset, jpg size, pid, camid, model_id] in a shard record
 _HASH_CHUNK = 1 << 20
+_WRITE_CHUNK = 1 << 20  # a worker writes (and hashes) its tar in pieces of about this many bytes
 
 
 class ShardsError(ValueError):
@@ -101,7 +117,7 @@ class ShardsError(ValueError):
 
 @dataclass(frozen=True)
 class ShardInfo:
-    """One tar shard as recorded in ``shards.json``.
+    """One tar shard as recorded in ``shards.json`` (without its per-sample list).
 
     Attributes:
         name: tar file name, e.g. ``train-000000.tar`` (relative to the shards folder).
@@ -130,8 +146,54 @@ class _Entry(NamedTuple):
     split: str
 
 
+def _summary_line(root: Path, shards: Iterable[ShardInfo], counts: Mapping[str, int]) -> str:
+    shards = tuple(shards)
+    parts = []
+    for split in SPLITS:
+        if counts.get(split):
+            n = sum(1 for s in shards if s.split == split)
+            parts.append(f"{split} {counts[split]} samples/{n} shards")
+    total = sum(s.bytes for s in shards)
+    return f"{', '.join(parts) or 'no samples'}; {total} bytes in {root}"
+
+
+@dataclass(frozen=True)
+class ShardsSummary:
+    """What :func:`write_shards` wrote: O(number of shards), not O(samples).
+
+    Use ``ShardsIndex.load(summary.root)`` for per-sample access.
+
+    Attributes:
+        root: the shards folder.
+        dataset: dataset name written to ``shards.json``.
+        target_bytes: the ``target_bytes`` the shards were written with.
+        shards: every shard, in split order then shard number.
+        samples: split -> number of samples, for the splits that have rows (``SPLITS`` order).
+        bytes: total size of the tar files in bytes.
+    """
+
+    root: Path
+    dataset: str
+    target_bytes: int
+    shards: tuple[ShardInfo, ...]
+    samples: Mapping[str, int]
+    bytes: int
+
+    def splits(self) -> tuple[str, ...]:
+        """Splits that have samples, in ``SPLITS`` order."""
+        return tuple(s for s in SPLITS if self.samples.get(s))
+
+    def __len__(self) -> int:
+        return sum(self.samples.values())
+
+    def summary(self) -> str:
+        """One line for logs, e.g. ``train 26 samples/4 shards, query ... ; 163840 bytes in <root>``
+        (the same line as :meth:`ShardsIndex.summary`)."""
+        return _summary_line(self.root, self.shards, self.samples)
+
+
 # --------------------------------------------------------------------------------------------
-# writing
+# tar headers
 
 
 def _round_up(n: int, multiple: int) -> int:
@@ -150,10 +212,52 @@ def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
     return ti
 
 
-def _header(name: str, size: int) -> bytes:
-    """The header block(s) of a member, exactly as ``tarfile`` writes them (PAX format: USTAR,
-    preceded by a PAX extended header only when ``name`` is over 100 characters)."""
+def _tarfile_header(name: str, size: int) -> bytes:
+    """The header block(s) of a member as ``tarfile`` writes them (PAX format: USTAR, preceded by
+    a PAX extended header when a field does not fit USTAR)."""
     return _tarinfo(name, size).tobuf(_TAR_FORMAT, tarfile.ENCODING, "surrogateescape")
+
+
+# The USTAR block tarfile writes for these fixed fields, cut around the two fields that vary
+# (name: bytes 0-99, size: 124-135) and the checksum (148-155). Taken from tarfile itself.
+_USTAR_NAME = 100  # bytes of the name field (tarfile.LENGTH_NAME)
+_USTAR_SIZE_LIMIT = 8 ** 11  # the size field holds 11 octal digits + NUL
+_TEMPLATE = _tarfile_header("", 0)
+assert len(_TEMPLATE) == _BLOCK
+_MODE_UID_GID = _TEMPLATE[100:124]
+_MTIME = _TEMPLATE[136:148]
+_AFTER_CHKSUM = _TEMPLATE[156:]  # type flag, linkname, magic, uname, gname, devices, prefix
+# tarfile's checksum: 256 (the checksum field counted as 8 spaces) + every other header byte.
+_CHKSUM_BASE = 8 * ord(" ") + sum(_MODE_UID_GID) + sum(_MTIME) + sum(_AFTER_CHKSUM)
+_NULS = bytes(_USTAR_NAME)
+
+
+def _fits_ustar(name: str, size: int) -> bool:
+    """Whether tarfile (PAX format) writes this member with a lone USTAR block: an ASCII name of
+    at most 100 characters and a size below 8 GiB (11 octal digits)."""
+    return len(name) <= _USTAR_NAME and name.isascii() and 0 <= size < _USTAR_SIZE_LIMIT
+
+
+def _header(name: str, size: int) -> bytes:
+    """The header block(s) of a regular-file member ``name`` of ``size`` bytes, byte-identical to
+    ``tarfile.TarInfo.tobuf(PAX_FORMAT)`` with the fixed fields of :func:`_tarinfo`.
+
+    A member that fits USTAR (see :func:`_fits_ustar`) gets one 512-byte block built from a
+    template (name, size and checksum patched in, ~1 µs); any other goes through ``tarfile``
+    (a PAX extended header, then the USTAR block).
+    """
+    if not _fits_ustar(name, size):
+        return _tarfile_header(name, size)
+    raw = name.encode("ascii")
+    size_field = b"%011o\0" % size
+    chksum = _CHKSUM_BASE + sum(raw) + sum(size_field)
+    return b"".join((raw, _NULS[len(raw):], _MODE_UID_GID, size_field, _MTIME,
+                     b"%06o\0 " % chksum, _AFTER_CHKSUM))
+
+
+def _header_len(name: str, size: int) -> int:
+    """``len(_header(name, size))`` in bytes, without building the common 512-byte case."""
+    return _BLOCK if _fits_ustar(name, size) else len(_tarfile_header(name, size))
 
 
 def _tar_file_bytes(member_bytes: int) -> int:
@@ -162,62 +266,82 @@ def _tar_file_bytes(member_bytes: int) -> int:
 
 
 def _labels_json(row: Row) -> bytes:
-    obj = {
-        "key": row.key,
-        "relpath": row.relpath,
-        "pid": row.pid,
-        "camid": row.camid,
-        "model_id": row.model_id,
-        "split": row.split,
-    }
+    """The ``<key>.json`` member: compact, key-sorted JSON of the row's labels (UTF-8 bytes),
+    exactly ``json.dumps(labels, sort_keys=True, separators=(",", ":"))``."""
+    key, relpath, pid, camid, model_id, split = row.key, row.relpath, row.pid, row.camid, row.model_id, row.split
+    if type(pid) is int and type(camid) is int and type(model_id) is int \
+            and type(key) is str and type(relpath) is str and type(split) is str:
+        # What json.dumps writes for exact ints and strs (ensure_ascii: its own string encoder).
+        return ('{"camid":%d,"key":%s,"model_id":%d,"pid":%d,"relpath":%s,"split":%s}' % (
+            camid, _json_str(key), model_id, pid, _json_str(relpath), _json_str(split))).encode("ascii")
+    obj = {"key": key, "relpath": relpath, "pid": pid, "camid": camid, "model_id": model_id, "split": split}
     return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode("utf-8")
 
 
-def _read_image(images_root: Path, row: Row) -> bytes:
-    path = images_root / row.relpath
+# --------------------------------------------------------------------------------------------
+# writing one shard (in a worker process, or in-process with workers=1)
+
+
+class _Planned(NamedTuple):
+    """One sample of a planned shard, as sent to the writer."""
+
+    key: str
+    relpath: str
+    size: int  # jpg bytes, from os.stat at planning time
+    labels: bytes  # the .json member
+    pid: int
+    camid: int
+    model_id: int
+
+
+class _Job(NamedTuple):
+    """One planned shard: ``<out_dir>/<split>-<number:06d>.tar`` holding ``samples`` in order."""
+
+    out_dir: str
+    images_root: str
+    split: str
+    number: int
+    samples: list[_Planned]
+    planned_bytes: int  # the tar file size the plan expects
+
+
+class _Written(NamedTuple):
+    """A written shard: its record (``record_json`` is its exact text in ``shards.json``)."""
+
+    info: ShardInfo
+    record_json: str
+
+
+def _image_error(images_root: str | Path, split: str, key: str, relpath: str, what: str) -> ShardsError:
+    return ShardsError(f"cannot read image of sample {key!r} (split {split}): "
+                       f"{Path(images_root) / relpath}: {what}")
+
+
+def _read_image(job: _Job, s: _Planned) -> bytes:
+    path = os.path.join(job.images_root, s.relpath)
     try:
-        return path.read_bytes()
+        with open(path, "rb", buffering=0) as fh:
+            data = fh.readall()
     except OSError as err:
-        reason = err.strerror or type(err).__name__
+        raise _image_error(job.images_root, job.split, s.key, s.relpath,
+                           err.strerror or type(err).__name__) from err
+    if len(data) != s.size:
         raise ShardsError(
-            f"cannot read image of sample {row.key!r} (split {row.split}): {path}: {reason}"
-        ) from err
+            f"image of sample {s.key!r} (split {job.split}) changed while sharding: "
+            f"{Path(job.images_root) / s.relpath}: {len(data)} bytes, {s.size} when the shards were planned"
+        )
+    return data
 
 
 _ZEROS = bytes(_RECORD)
 
 
-class _Sample(NamedTuple):
-    """One sample ready to write: its bytes (headers, data, padding) and where its data lies."""
-
-    key: str
-    parts: tuple[bytes, ...]  # jpg header, jpg, pad, json header, json, pad
-    nbytes: int  # bytes the two members occupy in the tar (headers + padded data)
-    jpg_at: int  # offset of the jpg data from the sample's start
-    json_at: int  # offset of the json data from the sample's start
-    jpg_size: int
-    json_size: int
-
-
-def _sample(key: str, jpg: bytes, labels: bytes) -> _Sample:
-    """Lay out one sample's two members (``<key>.jpg`` then ``<key>.json``, as TarWriter's sorted
-    extension order), each header built once; sizes and offsets follow from it."""
-    jpg_head = _header(f"{key}.jpg", len(jpg))
-    json_head = _header(f"{key}.json", len(labels))
-    jpg_pad = _ZEROS[: -len(jpg) % _BLOCK]
-    json_pad = _ZEROS[: -len(labels) % _BLOCK]
-    jpg_at = len(jpg_head)
-    json_at = jpg_at + len(jpg) + len(jpg_pad) + len(json_head)
-    nbytes = json_at + len(labels) + len(json_pad)
-    return _Sample(key, (jpg_head, jpg, jpg_pad, json_head, labels, json_pad), nbytes,
-                   jpg_at, json_at, len(jpg), len(labels))
-
-
 class _ShardFile:
-    """A tar written member by member into an atomic temp file (fsync + rename on commit).
+    """A tar written sample by sample into an atomic temp file (fsync + rename on commit).
 
-    Keeps the running offset, the SHA-256 of everything written and the DALI index lines, so
-    nothing has to be read back.
+    Keeps the running offset, the SHA-256 of everything written, the DALI index lines and the
+    ``shards.json`` sample entries, so nothing has to be read back. Writes go out in pieces of
+    about ``_WRITE_CHUNK`` bytes.
     """
 
     def __init__(self, path: Path) -> None:
@@ -225,38 +349,304 @@ class _ShardFile:
         self._cm = atomic_open(path, "wb")
         self._fh: IO[bytes] = self._cm.__enter__()
         self._sha = hashlib.sha256()
-        self.keys: list[str] = []
-        self.jpg_offsets: list[int] = []
-        self.jpg_sizes: list[int] = []
-        self._lines: list[str] = []
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
+        self._lines: list[str] = [""]  # [0]: the header line, filled in on commit
+        self.entries: list[list] = []  # [key, jpg offset, jpg size, pid, camid, model_id]
         self.member_bytes = 0  # = current offset in the tar
 
-    def add(self, s: _Sample) -> None:
-        buf = b"".join(s.parts)
+    def _put(self, *parts: bytes) -> None:
+        self._pending.extend(parts)
+        self._pending_bytes += sum(map(len, parts))
+        if self._pending_bytes >= _WRITE_CHUNK:
+            self._flush()
+
+    def _flush(self) -> None:
+        buf = b"".join(self._pending)
         self._fh.write(buf)
         self._sha.update(buf)
+        self._pending.clear()
+        self._pending_bytes = 0
+
+    def add(self, s: _Planned, jpg: bytes) -> None:
+        """Append ``<key>.jpg`` (``jpg``) then ``<key>.json`` (``s.labels``), WebDataset's order."""
+        key, labels = s.key, s.labels
+        jpg_head = _header(f"{key}.jpg", len(jpg))
+        json_head = _header(f"{key}.json", len(labels))
         at = self.member_bytes
-        self.keys.append(s.key)
-        self.jpg_offsets.append(at + s.jpg_at)
-        self.jpg_sizes.append(s.jpg_size)
-        self._lines.append(
-            f"jpg {at + s.jpg_at} {s.jpg_size} {s.key}.jpg json {at + s.json_at} {s.json_size} {s.key}.json"
-        )
-        self.member_bytes = at + s.nbytes
+        jpg_at = at + len(jpg_head)
+        jpg_end = jpg_at + _round_up(len(jpg), _BLOCK)
+        json_at = jpg_end + len(json_head)
+        self._put(jpg_head, jpg, _ZEROS[: -len(jpg) % _BLOCK], json_head, labels,
+                  _ZEROS[: -len(labels) % _BLOCK])
+        self.member_bytes = json_at + _round_up(len(labels), _BLOCK)
+        self._lines.append(f"jpg {jpg_at} {len(jpg)} {key}.jpg json {json_at} {len(labels)} {key}.json")
+        self.entries.append([key, jpg_at, len(jpg), s.pid, s.camid, s.model_id])
 
     def commit(self) -> tuple[int, str, str]:
         """End the tar like tarfile (two zero blocks, zero-padded to a 10240-byte record), fsync
         and rename it; return ``(file size, sha256 hex, DALI index text)``."""
         size = _tar_file_bytes(self.member_bytes)
-        tail = bytes(size - self.member_bytes)
-        self._fh.write(tail)
-        self._sha.update(tail)
+        self._put(bytes(size - self.member_bytes))
+        self._flush()
         self._cm.__exit__(None, None, None)  # flush + fsync + rename onto self.path
-        index = "\n".join([f"{INDEX_VERSION} {len(self.keys)}", *self._lines]) + "\n"
-        return size, self._sha.hexdigest(), index
+        self._lines[0] = f"{INDEX_VERSION} {len(self.entries)}"
+        return size, self._sha.hexdigest(), "\n".join(self._lines) + "\n"
 
     def abort(self, err: BaseException) -> None:
         self._cm.__exit__(type(err), err, err.__traceback__)  # removes the temp file
+
+
+def _write_shard(job: _Job) -> _Written:
+    """Read a planned shard's images and write its tar and .idx (each atomically).
+
+    Runs in a worker process (or in-process for ``workers=1``); every error is raised with the
+    same message either way.
+
+    Raises:
+        ShardsError: an image is unreadable, or its size differs from the planned size (it
+            changed while sharding); names the image path. Nothing of this shard is left behind.
+    """
+    path = Path(job.out_dir) / f"{job.split}-{job.number:06d}.tar"
+    shard = _ShardFile(path)
+    try:
+        for s in job.samples:
+            shard.add(s, _read_image(job, s))
+    except BaseException as err:
+        shard.abort(err)
+        raise
+    size, digest, index = shard.commit()
+    actual = path.stat().st_size
+    if actual != size or size != job.planned_bytes:  # the file on disk is not what was planned/written
+        raise ShardsError(f"{path}: is {actual} bytes after writing, planned {job.planned_bytes}")
+    index_path = path.with_suffix(".idx")
+    atomic_write_text(index_path, index)
+    record = {
+        "bytes": size,
+        "count": len(shard.entries),
+        "index": index_path.name,
+        "name": path.name,
+        "samples": shard.entries,
+        "sha256": digest,
+        "split": job.split,
+    }
+    info = ShardInfo(path.name, job.split, len(shard.entries), size, digest, index_path.name)
+    return _Written(info, json.dumps(record, sort_keys=True, separators=(",", ":")))
+
+
+# --------------------------------------------------------------------------------------------
+# planning (main process)
+
+
+def _check_key(row: Row, dataset: str) -> None:
+    if not (type(row.key) is str and _KEY_OK.fullmatch(row.key)):
+        raise ShardsError(
+            f"manifest {dataset!r}: key {row.key!r} must match [A-Za-z0-9_-]+ "
+            "(see reid.data.manifest.key_from_relpath)"
+        )
+
+
+def _plan_split(rows: Iterable[Row], split: str, dataset: str, images_root: Path, out_dir: Path,
+                target_bytes: int) -> Iterator[_Job]:
+    """Cut one split's rows (in order) into shards by the sharding rule, from each image's
+    ``os.stat`` size and its exact footprint in the tar; yield one :class:`_Job` per shard.
+
+    Holds one shard's rows at a time.
+
+    Raises:
+        ShardsError: a key is not ``[A-Za-z0-9_-]+``, or an image is missing or not a regular
+            file (names the path).
+    """
+    root = str(images_root)
+    number = 0
+    samples: list[_Planned] = []
+    member_bytes = 0
+    for row in rows:
+        key = row.key
+        _check_key(row, dataset)
+        try:
+            st = os.stat(os.path.join(root, row.relpath))
+        except OSError as err:
+            raise _image_error(images_root, split, key, row.relpath,
+                               err.strerror or type(err).__name__) from err
+        if not stat.S_ISREG(st.st_mode):
+            raise _image_error(images_root, split, key, row.relpath, "not a regular file")
+        size = st.st_size
+        labels = _labels_json(row)
+        nbytes = (_header_len(f"{key}.jpg", size) + _round_up(size, _BLOCK)
+                  + _header_len(f"{key}.json", len(labels)) + _round_up(len(labels), _BLOCK))
+        if samples and _tar_file_bytes(member_bytes + nbytes) > target_bytes:
+            yield _Job(str(out_dir), root, split, number, samples, _tar_file_bytes(member_bytes))
+            number += 1
+            samples, member_bytes = [], 0
+        samples.append(_Planned(key, row.relpath, size, labels, row.pid, row.camid, row.model_id))
+        member_bytes += nbytes
+    if samples:
+        yield _Job(str(out_dir), root, split, number, samples, _tar_file_bytes(member_bytes))
+
+
+def _csv_splits(path: Path) -> Iterator[tuple[str, Iterator[Row]]]:
+    """``(split, its rows in file order)`` for each split with rows, in ``SPLITS`` order, streamed
+    from a manifest CSV: one pass for the first split (which also notes the other splits
+    present), then one filtered pass per other split present. Each row iterator must be
+    exhausted before the next pair is requested."""
+    present: set[str] = set()
+    first = SPLITS[0]
+
+    def first_pass() -> Iterator[Row]:
+        for row in iter_rows(path):
+            if row.split == first:
+                yield row
+            else:
+                present.add(row.split)
+
+    yield first, first_pass()
+    for split in SPLITS[1:]:
+        if split in present:
+            yield split, iter_rows(path, splits=(split,))
+
+
+def _manifest_splits(manifest: Manifest) -> Iterator[tuple[str, Iterator[Row]]]:
+    present = {r.split for r in manifest.rows}
+    for split in SPLITS:
+        if split in present:
+            yield split, (r for r in manifest.rows if r.split == split)
+
+
+def _written_in_order(jobs: Iterable[_Job], workers: int) -> Iterator[_Written]:
+    """Write ``jobs`` and yield their results in job order. ``workers == 1``: in this process;
+    else a process pool with at most ``2 * workers`` shards in flight (planned or being written),
+    so memory stays bounded however many shards there are."""
+    if workers == 1:
+        for job in jobs:
+            yield _write_shard(job)
+        return
+    with cf.ProcessPoolExecutor(workers) as pool:
+        pending: collections.deque[cf.Future] = collections.deque()
+        try:
+            for job in jobs:
+                while len(pending) >= 2 * workers:
+                    yield pending.popleft().result()
+                pending.append(pool.submit(_write_shard, job))
+            while pending:
+                yield pending.popleft().result()
+        except BaseException:
+            for fut in pending:
+                fut.cancel()
+            raise
+
+
+def write_shards(
+    source: Manifest | str | Path,
+    images_root: str | Path,
+    out_dir: str | Path,
+    target_bytes: int,
+    workers: int = 1,
+    dataset: str | None = None,
+) -> ShardsSummary:
+    """Write a manifest's images as WebDataset tar shards with DALI indexes and ``shards.json``.
+
+    Args:
+        source: the rows to write: a :class:`Manifest`, or the path of a manifest CSV (written by
+            ``Manifest.write``), streamed with :func:`reid.data.manifest.iter_rows` (one pass
+            per split present, never holding all rows). Each split with rows is written in
+            manifest order to its own shards.
+        images_root: folder that ``Row.relpath`` is relative to.
+        out_dir: output folder (created). See the module docstring for every file's format.
+        target_bytes: maximum size in bytes of a tar file (see the sharding rule in the module
+            docstring); must be a positive int.
+        workers: processes that read images and write tars (int >= 1; 1 = in this process, no
+            pool). The output is byte-identical for any value.
+        dataset: dataset name for ``shards.json`` with a CSV ``source`` (default: the file's stem,
+            as ``Manifest.read``); ignored for a ``Manifest`` (its own name is used).
+
+    This process streams the rows, ``os.stat``-s each image and plans the shards (sizes known
+    before reading); each planned shard goes to a worker, which reads its images and writes the
+    tar and ``.idx``; results come back in shard order and are appended to ``shards.json``.
+    Memory is bounded by ``2 * workers`` shards in flight, whatever the number of rows.
+    Every file is written to a temp file, fsynced and renamed. An existing ``shards.json`` is
+    removed before any tar is written and the new one is renamed into place last.
+    ``<split>-NNNNNN.tar``/``.idx`` files in ``out_dir`` that are not part of the new set are
+    removed (other files are kept).
+
+    Duplicate keys: a ``Manifest`` rejects them itself; a CSV is not checked here (that needs
+    every key in memory) — ``prepare`` writes manifests with unique keys, and
+    :meth:`ShardsIndex.load` rejects a ``shards.json`` that repeats a key.
+
+    Returns:
+        A :class:`ShardsSummary` (shard list, per-split counts, total bytes); use
+        ``ShardsIndex.load(out_dir)`` for per-sample access.
+
+    Raises:
+        ShardsError: an image is missing/unreadable/not a regular file, or changed size between
+            planning and writing (names its path), or a sample key is not ``[A-Za-z0-9_-]+``
+            (WebDataset groups members by the name before the first dot); also when raised in a
+            worker (same message). With a ``Manifest`` the keys are checked before anything is
+            written; with a CSV, as rows stream (earlier tars may then exist, but no
+            ``shards.json``).
+        ManifestError: the CSV is malformed (names the file and line).
+        ValueError: ``target_bytes`` or ``workers`` is not a positive int.
+    """
+    if isinstance(target_bytes, bool) or not isinstance(target_bytes, int) or target_bytes <= 0:
+        raise ValueError(f"target_bytes must be a positive int (bytes), got {target_bytes!r}")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be an int >= 1 (processes), got {workers!r}")
+    images_root = Path(images_root)
+    out_dir = Path(out_dir)
+    if isinstance(source, Manifest):
+        name = source.dataset
+        for row in source.rows:
+            _check_key(row, name)
+        splits = _manifest_splits(source)
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ShardsError(f"manifest {path}: no such file")
+        name = dataset if dataset is not None else path.stem
+        splits = _csv_splits(path)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / SHARDS_JSON).unlink(missing_ok=True)
+
+    jobs = (job for split, rows in splits
+            for job in _plan_split(rows, split, name, images_root, out_dir, target_bytes))
+    shards: list[ShardInfo] = []
+    totals: dict[str, dict[str, int]] = {}
+    with atomic_open(out_dir / SHARDS_JSON, "w") as catalogue:
+        # json.dumps(doc, sort_keys=True, separators=(",", ":")) written piecewise: the keys
+        # before "shards", the shard records as they come, then the keys after it.
+        head = json.dumps({"dataset": name, "format": FORMAT_NAME}, sort_keys=True, separators=(",", ":"))
+        catalogue.write(head[:-1] + ',"shards":[')
+        catalogue.flush()  # nothing buffered when worker processes fork
+        for written in _written_in_order(jobs, workers):
+            if shards:
+                catalogue.write(",")
+            catalogue.write(written.record_json)
+            info = written.info
+            shards.append(info)
+            t = totals.setdefault(info.split, {"bytes": 0, "samples": 0, "shards": 0})
+            t["bytes"] += info.bytes
+            t["samples"] += info.count
+            t["shards"] += 1
+
+        keep = {s.name for s in shards} | {s.index for s in shards}
+        for p in sorted(out_dir.iterdir()):
+            if _SHARD_FILE.match(p.name) and p.name not in keep and p.is_file():
+                p.unlink()
+        tail = json.dumps({"splits": totals, "target_bytes": target_bytes, "version": FORMAT_VERSION},
+                          sort_keys=True, separators=(",", ":"))
+        catalogue.write("]," + tail[1:] + "\n")
+    return ShardsSummary(
+        root=out_dir,
+        dataset=name,
+        target_bytes=target_bytes,
+        shards=tuple(shards),
+        samples={s: totals[s]["samples"] for s in SPLITS if s in totals},
+        bytes=sum(s.bytes for s in shards),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# re-deriving from the tars (ShardsIndex.verify)
 
 
 def _split_name(name: str) -> tuple[str, str]:
@@ -299,143 +689,6 @@ def _sha256(path: Path) -> str:
         while chunk := fh.read(_HASH_CHUNK):
             h.update(chunk)
     return h.hexdigest()
-
-
-def _finish_shard(shard: _ShardFile, split: str, rows: Mapping[str, Row]) -> tuple[dict, dict]:
-    """Commit a tar and write its .idx from what was written; return (shard record, samples)."""
-    size, digest, index = shard.commit()
-    path = shard.path
-    actual = path.stat().st_size
-    if actual != size:  # the file on disk is not what was written
-        raise ShardsError(f"{path}: is {actual} bytes after writing, expected {size}")
-    index_name = path.with_suffix(".idx").name
-    atomic_write_text(path.with_suffix(".idx"), index)
-    samples = {}
-    for key, off, jsize in zip(shard.keys, shard.jpg_offsets, shard.jpg_sizes):
-        r = rows[key]
-        samples[key] = [path.name, off, jsize, r.pid, r.camid, r.model_id, split]
-    record = {
-        "name": path.name,
-        "split": split,
-        "count": len(shard.keys),
-        "bytes": size,
-        "sha256": digest,
-        "index": index_name,
-    }
-    return record, samples
-
-
-def write_shards(
-    manifest: Manifest, images_root: str | Path, out_dir: str | Path, target_bytes: int
-) -> "ShardsIndex":
-    """Write ``manifest``'s images as WebDataset tar shards with DALI indexes and ``shards.json``.
-
-    Args:
-        manifest: the rows to write; each split with rows (``train``, ``query``, ``gallery``)
-            is written in manifest order to its own shards.
-        images_root: folder that ``Row.relpath`` is relative to.
-        out_dir: output folder (created). See the module docstring for every file's format.
-        target_bytes: maximum size in bytes of a tar file (see the sharding rule in the module
-            docstring); must be a positive int.
-
-    The tars are written directly (``tarfile`` headers, data, zero padding; the same bytes
-    webdataset's ``TarWriter`` gives), so the ``.idx`` offsets, ``samples`` offsets and sha256
-    come from the writing itself; no tar is read back. Every file is written to a temp file,
-    fsynced and renamed. An existing ``shards.json`` is removed before any tar is written and
-    the new one is written last. ``<split>-NNNNNN.tar``/``.idx`` files in ``out_dir`` that are
-    not part of the new set are removed (other files are kept).
-
-    Returns:
-        The :class:`ShardsIndex` of the written folder (built from what was written; the same
-        as ``ShardsIndex.load(out_dir)``).
-
-    Raises:
-        ShardsError: an image is missing/unreadable (names its path), or a sample key is not
-            ``[A-Za-z0-9_-]+`` (WebDataset groups members by the name before the first dot).
-        ValueError: ``target_bytes`` is not a positive int.
-    """
-    if isinstance(target_bytes, bool) or not isinstance(target_bytes, int) or target_bytes <= 0:
-        raise ValueError(f"target_bytes must be a positive int (bytes), got {target_bytes!r}")
-    images_root = Path(images_root)
-    out_dir = Path(out_dir)
-    for row in manifest.rows:
-        if not _KEY_OK.match(row.key):
-            raise ShardsError(
-                f"manifest {manifest.dataset!r}: key {row.key!r} must match [A-Za-z0-9_-]+ "
-                "(see reid.data.manifest.key_from_relpath)"
-            )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / SHARDS_JSON).unlink(missing_ok=True)
-
-    shard_records: list[dict] = []
-    samples: dict[str, list] = {}
-    keys: dict[str, tuple[str, ...]] = {}
-    for split in SPLITS:
-        rows = manifest.split(split)
-        if not rows:
-            continue
-        by_key = {r.key: r for r in rows}
-        number = 0
-        shard: _ShardFile | None = None
-        try:
-            for row in rows:
-                s = _sample(row.key, _read_image(images_root, row), _labels_json(row))
-                if shard is not None and _tar_file_bytes(shard.member_bytes + s.nbytes) > target_bytes:
-                    done, shard = shard, None
-                    record, got = _finish_shard(done, split, by_key)
-                    shard_records.append(record)
-                    samples.update(got)
-                    number += 1
-                if shard is None:
-                    shard = _ShardFile(out_dir / f"{split}-{number:06d}.tar")
-                shard.add(s)
-            assert shard is not None
-            done, shard = shard, None
-            record, got = _finish_shard(done, split, by_key)
-            shard_records.append(record)
-            samples.update(got)
-        except BaseException as err:
-            if shard is not None:
-                shard.abort(err)
-            raise
-        keys[split] = tuple(r.key for r in rows)
-
-    keep = {r["name"] for r in shard_records} | {r["index"] for r in shard_records}
-    for path in sorted(out_dir.iterdir()):
-        if _SHARD_FILE.match(path.name) and path.name not in keep and path.is_file():
-            path.unlink()
-
-    splits: dict[str, dict[str, int]] = {}
-    for r in shard_records:
-        s = splits.setdefault(r["split"], {"shards": 0, "samples": 0, "bytes": 0})
-        s["shards"] += 1
-        s["samples"] += r["count"]
-        s["bytes"] += r["bytes"]
-    doc = {
-        "format": FORMAT_NAME,
-        "version": FORMAT_VERSION,
-        "dataset": manifest.dataset,
-        "target_bytes": target_bytes,
-        "shards": shard_records,
-        "splits": splits,
-        "samples": samples,
-    }
-    atomic_write_text(out_dir / SHARDS_JSON, json.dumps(doc, sort_keys=True, separators=(",", ":")) + "\n")
-    del doc
-    plain = all(type(v) is int for r in manifest.rows for v in (r.pid, r.camid, r.model_id)) \
-        and type(manifest.dataset) is str
-    if not plain:  # labels that JSON does not round-trip exactly: let the loader judge them
-        return ShardsIndex.load(out_dir)
-    # What ShardsIndex.load(out_dir) would build, without re-reading shards.json: samples in
-    # the JSON's (sorted) key order, keys per split in tar order (= manifest order).
-    return ShardsIndex(
-        root=out_dir,
-        dataset=manifest.dataset,
-        target_bytes=target_bytes,
-        shards=tuple(ShardInfo(**rec) for rec in shard_records),
-        _samples={k: _Entry(*samples[k]) for k in sorted(samples)},
-        _keys=keys,
-    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -509,7 +762,7 @@ def _fail(json_path: Path, what: str) -> ShardsError:
 class ShardsIndex:
     """A loaded, validated shards folder (see the module docstring for the file formats).
 
-    Build with :meth:`load` (or get one from :func:`write_shards`). Thread-safe for reading:
+    Build with :meth:`load` (after :func:`write_shards`). Thread-safe for reading:
     :meth:`read_jpeg` uses ``os.pread`` on a small LRU of open file descriptors
     (``max_open_files``); call :meth:`close` to release them. Picklable (the descriptor cache
     is not pickled), so it can be handed to DataLoader workers.
@@ -546,14 +799,16 @@ class ShardsIndex:
 
     @classmethod
     def load(cls, out_dir: str | Path, max_open_files: int = 16) -> "ShardsIndex":
-        """Load and validate ``out_dir/shards.json``.
+        """Load and validate ``out_dir/shards.json`` (format version 2, see the module docstring).
 
         Checks the JSON structure, that every shard's tar and idx exist, that each tar's size
-        equals its recorded ``bytes``, and that the ``samples`` map agrees with the shard list
-        (known shard, matching split, per-shard counts). Does not hash (see :meth:`verify`).
+        equals its recorded ``bytes``, that each shard's sample list matches its ``count`` and
+        lies inside the tar in increasing order, that no key appears twice, and that the
+        ``splits`` totals add up. Does not hash (see :meth:`verify`).
 
         Raises:
-            ShardsError: naming ``shards.json`` and the missing or inconsistent piece.
+            ShardsError: naming ``shards.json`` and the missing or inconsistent piece; for a
+                ``shards.json`` of another format version, asking to re-run the shard stage.
         """
         root = Path(out_dir)
         jp = root / SHARDS_JSON
@@ -566,23 +821,31 @@ class ShardsIndex:
         if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME:
             raise _fail(jp, f"not a {FORMAT_NAME!r} file")
         if doc.get("version") != FORMAT_VERSION:
-            raise _fail(jp, f"version {doc.get('version')!r}, expected {FORMAT_VERSION}")
-        for name, typ in (("dataset", str), ("target_bytes", int), ("shards", list),
-                          ("splits", dict), ("samples", dict)):
+            raise _fail(jp, f"format version {doc.get('version')!r}, this code reads version {FORMAT_VERSION}: "
+                            "re-run the shard stage to rewrite the shards (dvc repro shard@<dataset>, "
+                            "or reid.data.shards.write_shards)")
+        for name, typ in (("dataset", str), ("target_bytes", int), ("shards", list), ("splits", dict)):
             if not isinstance(doc.get(name), typ):
                 raise _fail(jp, f"field {name!r} missing or not a {typ.__name__}")
 
         shards: list[ShardInfo] = []
+        samples: dict[str, _Entry] = {}
+        keys: dict[str, list[str]] = {}
+        totals: dict[str, dict[str, int]] = {}
         for i, rec in enumerate(doc["shards"]):
             try:
                 info = ShardInfo(**{f: rec[f] for f in ShardInfo.__dataclass_fields__})
+                entries = rec["samples"]
             except (KeyError, TypeError) as err:
                 raise _fail(jp, f"shards[{i}] malformed: {err!r}") from None
-            if info.split not in SPLITS or not isinstance(info.count, int) or not isinstance(info.bytes, int):
+            if info.split not in SPLITS or type(info.count) is not int or type(info.bytes) is not int:
                 raise _fail(jp, f"shards[{i}] ({info.name!r}) has a bad split/count/bytes")
             for fname in (info.name, info.index):
                 if not isinstance(fname, str) or "/" in fname or fname in ("", ".", ".."):
                     raise _fail(jp, f"shards[{i}] has a bad file name {fname!r}")
+            if not isinstance(entries, list) or len(entries) != info.count:
+                got = len(entries) if isinstance(entries, list) else "no"
+                raise _fail(jp, f"shard {info.name} records count {info.count} but its samples list has {got} entries")
             tar = root / info.name
             if not tar.is_file():
                 raise _fail(jp, f"shard {info.name} is missing ({tar})")
@@ -591,43 +854,37 @@ class ShardsIndex:
             size = tar.stat().st_size
             if size != info.bytes:
                 raise _fail(jp, f"shard {info.name} is {size} bytes, recorded {info.bytes} (corrupt or rewritten)")
+            split_keys = keys.setdefault(info.split, [])
+            end = 0  # samples are in tar order: each jpg starts after the previous one ends
+            for entry in entries:
+                if not isinstance(entry, list) or len(entry) != _SAMPLE_FIELDS or not isinstance(entry[0], str):
+                    raise _fail(jp, f"shard {info.name}: sample {entry!r} must be a list of {_SAMPLE_FIELDS} "
+                                    "fields [key, offset, size, pid, camid, model_id]")
+                key, offset, jsize, pid, camid, model_id = entry
+                if not all(type(v) is int for v in (offset, jsize, pid, camid, model_id)) \
+                        or offset < end or jsize < 0 or offset + jsize > info.bytes:
+                    raise _fail(jp, f"shard {info.name}: sample {key!r} has bad offset/size/labels {entry!r}")
+                if key in samples:
+                    raise _fail(jp, f"sample key {key!r} appears twice ({samples[key].shard} and {info.name})")
+                end = offset + jsize
+                samples[key] = _Entry(info.name, offset, jsize, pid, camid, model_id, info.split)
+                split_keys.append(key)
+            t = totals.setdefault(info.split, {"bytes": 0, "samples": 0, "shards": 0})
+            t["bytes"] += info.bytes
+            t["samples"] += info.count
+            t["shards"] += 1
             shards.append(info)
-        by_name = {s.name: s for s in shards}
-        if len(by_name) != len(shards):
+        if len({s.name for s in shards}) != len(shards):
             raise _fail(jp, "duplicate shard names")
-
-        order = {s.name: i for i, s in enumerate(shards)}
-        samples: dict[str, _Entry] = {}
-        counts = {s.name: 0 for s in shards}
-        for key, rec in doc["samples"].items():
-            if not isinstance(rec, list) or len(rec) != _SAMPLE_FIELDS:
-                raise _fail(jp, f"samples[{key!r}] must be a list of {_SAMPLE_FIELDS} fields")
-            entry = _Entry(*rec)
-            info = by_name.get(entry.shard)
-            if info is None:
-                raise _fail(jp, f"samples[{key!r}] names unknown shard {entry.shard!r}")
-            if entry.split != info.split:
-                raise _fail(jp, f"samples[{key!r}] split {entry.split!r} != shard {info.name} split {info.split!r}")
-            if not all(isinstance(v, int) for v in entry[1:6]) or entry.offset < 0 or entry.size < 0 \
-                    or entry.offset + entry.size > info.bytes:
-                raise _fail(jp, f"samples[{key!r}] has bad offset/size/labels {rec!r}")
-            counts[entry.shard] += 1
-            samples[key] = entry
-        for s in shards:
-            if counts[s.name] != s.count:
-                raise _fail(jp, f"shard {s.name} records count {s.count} but samples lists {counts[s.name]}")
-
-        ordered = sorted(samples, key=lambda k: (order[samples[k].shard], samples[k].offset))
-        keys: dict[str, list[str]] = {}
-        for k in ordered:
-            keys.setdefault(samples[k].split, []).append(k)
+        if doc["splits"] != totals:
+            raise _fail(jp, f"splits {doc['splits']!r} do not match the shard list (which adds up to {totals!r})")
         return cls(
             root=root,
             dataset=doc["dataset"],
             target_bytes=doc["target_bytes"],
             shards=tuple(shards),
             _samples=samples,
-            _keys={s: tuple(v) for s, v in keys.items()},
+            _keys={s: tuple(v) for s, v in keys.items() if v},
             max_open_files=max_open_files,
         )
 
@@ -706,13 +963,8 @@ class ShardsIndex:
         return data
 
     def summary(self) -> str:
-        """One line for logs, e.g. ``train 26 samples/4 shards, query ... ; 163840 bytes``."""
-        parts = []
-        for split in self.splits():
-            n = sum(1 for s in self.shards if s.split == split)
-            parts.append(f"{split} {len(self._keys[split])} samples/{n} shards")
-        total = sum(s.bytes for s in self.shards)
-        return f"{', '.join(parts) or 'no samples'}; {total} bytes in {self.root}"
+        """One line for logs, e.g. ``train 26 samples/4 shards, query ... ; 163840 bytes in <root>``."""
+        return _summary_line(self.root, self.shards, {s: len(k) for s, k in self._keys.items()})
 
     def close(self) -> None:
         """Close the cached file descriptors (reads after this reopen them)."""

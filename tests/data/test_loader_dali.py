@@ -59,7 +59,8 @@ def ds(tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = write_msmt17(base, cfg)
     manifest = layouts.parse("msmt17", root)
     # 20 KiB shards: several tars per split, so reads cross shard files
-    index = write_shards(manifest, root, base / "shards", 20480)
+    write_shards(manifest, root, base / "shards", 20480)
+    index = ShardsIndex.load(base / "shards")
     keys = index.keys("train")
     raw = [index.labels(k)["pid"] for k in keys]
     # A contiguous but *reversed* map (not the identity of 0..7), so a loader that forgot the

@@ -113,8 +113,11 @@ class Project:
         return self.root / "shards" / DS
 
     def set_target_bytes(self, n: int) -> None:
+        self.set_shard("target_bytes", n)
+
+    def set_shard(self, key: str, value: int) -> None:
         params = yaml.safe_load((self.root / "params.yaml").read_text())
-        params["shard"]["target_bytes"] = n
+        params["shard"][key] = value
         (self.root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
     def status(self, *targets: str) -> dict:
@@ -185,13 +188,21 @@ def test_second_repro_is_a_noop(project: Project):
     assert {f: (project.shards / f).stat().st_mtime_ns for f in project.originals} == before
 
 
+def test_shard_worker_count_is_not_a_dependency(project: Project):
+    """The shards are the same bytes for any shard.workers, so changing it reruns nothing."""
+    project.set_shard("workers", 1)
+    try:
+        assert project.status("--with-deps", TARGET) == {}
+    finally:
+        project.set_shard("workers", 2)
+
+
 def test_shard_param_change_reruns_only_shard(project: Project):
     project.set_target_bytes(SMALL_SHARDS)
     try:
         status = project.status("--with-deps", TARGET)
-        # prepare@msmt17 and synth do not use shard.*; DVC names the param as dvc.yaml declares it
-        # (the whole `shard` section), not the key that changed
-        assert status == {TARGET: [{"changed deps": {"params.yaml": {"shard": "modified"}}}]}, status
+        # prepare@msmt17 and synth do not use shard.*
+        assert status == {TARGET: [{"changed deps": {"params.yaml": {"shard.target_bytes": "modified"}}}]}, status
         out = project.dvc("repro", TARGET)
         assert ran(out) == {TARGET}, out
         assert skipped(out) == {"synth", f"prepare@{DS}"}, out

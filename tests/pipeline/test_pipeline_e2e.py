@@ -462,3 +462,23 @@ def test_fatal_data_check_fails_prepare_and_writes_nothing(pipe: Pipeline, tmp_p
     params["data_checks"]["fatal"] = False
     _prepare(pipe, tmp_path, params, check=True)
     assert "duplicate_across_pids" in (tmp_path / "manifests" / "msmt17.checks.md").read_text()
+
+
+@pytest.mark.parametrize("ds", DATASETS)
+def test_prepare_and_shard_outputs_do_not_depend_on_worker_counts(pipe: Pipeline, ds: str, tmp_path: Path):
+    """The fixture ran with 2 data-check and 2 shard workers; 1 and 1 give the same bytes."""
+    assert pipe.params["data_checks"]["workers"] == 2 and pipe.params["shard"]["workers"] == 2
+    (tmp_path / "data").symlink_to(pipe.work / "data")  # same relative roots, so the same report text
+    params = json.loads(json.dumps(pipe.params))
+    params["data_checks"]["workers"] = 1
+    params["shard"]["workers"] = 1
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    for stage in ("prepare", "shard"):
+        run_module(tmp_path, pipe.env, f"pipeline.{stage}", "--params", "params.yaml", "--dataset", ds)
+    files = sorted(p.relative_to(pipe.work) for p in [*(pipe.work / "manifests").glob(f"{ds}.*"),
+                                                       *(pipe.work / "shards" / ds).iterdir()])
+    assert len(files) > 6 and any(f.suffix == ".tar" for f in files)
+    assert sorted(p.relative_to(tmp_path) for p in [*(tmp_path / "manifests").glob(f"{ds}.*"),
+                                                     *(tmp_path / "shards" / ds).iterdir()]) == files
+    for f in files:
+        assert (tmp_path / f).read_bytes() == (pipe.work / f).read_bytes(), f
