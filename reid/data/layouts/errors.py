@@ -76,7 +76,7 @@ def parse_id(path: Path, lineno: int, text: str, what: str) -> int:
     return int(text)
 
 
-def check_image(path: Path, lineno: int, image: Path, verify: bool) -> None:
+def check_image(path: Path, lineno: int | None, image: str | Path, verify: bool) -> None:
     """Check that the image a list line names exists and (if ``verify``) that PIL can read it.
 
     ``verify`` opens the file with PIL and calls ``Image.verify()`` (header/structure check; it
@@ -85,7 +85,7 @@ def check_image(path: Path, lineno: int, image: Path, verify: bool) -> None:
     Raises:
         LayoutError: at ``path:lineno``, naming ``image``, if it is missing or unreadable.
     """
-    if not image.is_file():
+    if not os.path.isfile(image):
         raise LayoutError(path, lineno, f"missing image {image}")
     if verify:
         try:

@@ -16,6 +16,7 @@ identities; the parser merges it into train (default) or keeps it apart as the `
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -158,5 +159,5 @@ def _parse_line(
     if cam < 1:
         raise LayoutError(list_path, lineno, f"camera field {match['cam']!r} of {file_name!r} must be >= 01")
     relpath = f"{image_dir}/{path_in_list}"
-    check_image(list_path, lineno, root / relpath, check_images)
+    check_image(list_path, lineno, os.path.join(root, relpath), check_images)
     return relpath, pid, cam - 1

@@ -17,6 +17,7 @@ vehicle, the rest are queries).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
@@ -137,7 +138,7 @@ def _add(table: RowTable, root: Path, row: Row, path: Path, line: int, check_ima
     too. The image is checked on disk the first time it is listed."""
     first = table.add(row, path, line)
     if first is None:
-        check_image(path, line, root / row.relpath, check_images)
+        check_image(path, line, os.path.join(root, row.relpath), check_images)
         return
     if first.row.relpath != row.relpath:
         raise LayoutError(path, line, f"image {row.relpath} has the sample key of {first.row.relpath} "

@@ -20,6 +20,7 @@ Vehicle-1M's ``test_1000`` style). Other files of the release (``attribute/color
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
@@ -176,7 +177,7 @@ def _add(table: RowTable, root: Path, row: Row, path: Path, line: int, check_ima
     too. The image is checked on disk the first time it is listed."""
     first = table.add(row, path, line)
     if first is None:
-        check_image(path, line, root / row.relpath, check_images)
+        check_image(path, line, os.path.join(root, row.relpath), check_images)
         return
     image = row.relpath[len(IMAGE_DIR) + 1:-len(".jpg")]
     if first.row.relpath != row.relpath:
