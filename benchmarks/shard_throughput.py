@@ -11,18 +11,19 @@ For each size N:
    ``N/20`` persons (half train, half test), 15 cameras, 4 cameras per person, 5 images per
    (person, camera); exactly N images when N is a multiple of 20. The config is saved beside it
    (``synth_config.json``); a later run with the same config reuses the folder.
-2. **prepare** and **shard**, each in a FRESH Python process running the stage's own ``main()``
-   (``pipeline.prepare`` / ``pipeline.shard``) on a copy of the repository's ``params.yaml`` in
-   which only ``datasets.msmt17.root`` points at the generated folder. So everything else is the
-   params.yaml default: ``check_images`` (PIL verify in the parser), the ``data_checks`` section
-   (full decode, 2 worker processes, fatal), ``min_images = sampler.k`` (4),
-   ``build_protocol``, the manifest/report/protocol/stats writes, and ``write_shards`` with
-   ``shard.target_bytes``. Outputs go to ``<workdir>/msmt17_<N>/out/{manifests,shards}``
-   (removed before each run, as DVC does). Wall time is measured by this script around the whole
-   child process (interpreter start and imports included, as a DVC stage pays them); the child
-   also reports a per-step breakdown (parse / data checks / protocol / writes; manifest read /
-   image reads / tar writing / fsync / tar re-scan / sha256 / index + shards.json writes /
-   final reload) with the process RSS after each step.
+2. **prepare** and **shard**, for each variant (``--variants``, default all: ``default`` = the
+   params.yaml defaults, whose data checks decode every JPEG; ``header`` = header-only JPEG check;
+   ``nochecks`` = data checks off), each stage in a FRESH Python process running the stage's own
+   ``main()`` (``pipeline.prepare`` / ``pipeline.shard``) on a copy of the repository's
+   ``params.yaml`` in which only ``datasets.msmt17.root`` (and the variant's keys) change. So
+   everything else is the params.yaml default: ``data_checks`` (2 worker processes, fatal),
+   ``min_images = sampler.k`` (4), the protocol, manifest, report and stats writes, and the shards
+   with ``shard.target_bytes`` and ``shard.workers`` (2). Outputs go to
+   ``<workdir>/msmt17_<N>/out/{manifests,shards}`` (removed before each variant, as DVC does).
+   Wall time is measured by this script around the whole child process (interpreter start and
+   imports included, as a DVC stage pays them); the child also reports a per-step breakdown
+   (parse / data checks / protocol / report / manifest CSV; write_shards) with the process RSS
+   after each step.
 3. **tar**: ``tar -cf <workdir>/msmt17_<N>/bench.tar -C <dataset root> .`` (all files, list files
    included; same disk), run after the pipeline phases. The ``sync`` that follows it is timed
    separately and shown for information (the shard writer fsyncs every file it writes; tar does
