@@ -87,13 +87,17 @@ class RowTable:
         fd, name = tempfile.mkstemp(prefix=f"reid-{dataset}-", suffix=".sqlite", dir=directory)
         os.close(fd)
         self.path = Path(name)
-        self._db = sqlite3.connect(name, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=OFF")
-        self._db.execute("PRAGMA synchronous=OFF")  # a scratch file: never read after a crash
-        self._db.execute("PRAGMA temp_store=FILE")
-        self._db.execute(f"PRAGMA cache_size=-{int(cache_kib)}")
-        self._db.executescript(_SCHEMA)
-        self._db.execute("BEGIN")
+        try:
+            self._db = sqlite3.connect(name, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=OFF")
+            self._db.execute("PRAGMA synchronous=OFF")  # a scratch file: never read after a crash
+            self._db.execute("PRAGMA temp_store=FILE")
+            self._db.execute(f"PRAGMA cache_size=-{int(cache_kib)}")
+            self._db.executescript(_SCHEMA)
+            self._db.execute("BEGIN")
+        except BaseException:
+            self.path.unlink(missing_ok=True)
+            raise
         self._indexed = False
 
     # -- building ----------------------------------------------------------------------------
