@@ -16,39 +16,14 @@ Both loaders yield the project's *Batch* dict (see ``../shared/design/architectu
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 
+from reid.data.loaders.config import AugmentConfig
 from reid.data.samplers import PKSampler
 from reid.data.shards import ShardsIndex
-
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    """Image pipeline settings.
-
-    Attributes:
-        image_size: (height, width) of the output in pixels.
-        mean, std: per-channel normalisation constants on the 0-255 scale (RGB order).
-        flip_prob: probability of a horizontal flip (training only).
-        pad: zero-padding border in pixels before the random crop back to ``image_size``
-            (training only; the crop offset is drawn uniformly in ``[-pad, pad]`` px per axis).
-        num_threads: DALI CPU worker threads.
-        prefetch: DALI prefetch queue depth (batches).
-        hw_decoder_load: share of JPEGs sent to the GPU hardware decoder (mixed device only).
-    """
-
-    image_size: tuple[int, int]
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    flip_prob: float = 0.5
-    pad: int = 0
-    num_threads: int = 2
-    prefetch: int = 2
-    hw_decoder_load: float = 0.65
 
 
 def cuda_device_id() -> int | None:
