@@ -122,11 +122,16 @@ class SamplerParams(_Section):
 
 
 class LoaderParams(_Section):
-    """``loader``: DALI pipeline knobs.
+    """``loader``: training/evaluation image pipeline knobs (see ``reid.data.loaders.config.AugmentConfig``).
 
     ``pad`` is the border in pixels added before the random crop; ``mean``/``std`` are per
     channel on the 0-255 scale; ``hw_decoder_load`` is the share of JPEG decoding sent to the
-    GPU hardware decoder (mixed device only).
+    GPU hardware decoder (mixed device only); ``erase_*`` are random erasing's probability, area
+    fraction range and aspect-ratio range (Zhong et al., AAAI 2020); ``color_jitter`` the
+    brightness/contrast/saturation strength; ``dtype`` the images' dtype; ``on_corrupt`` what to
+    do with an undecodable training JPEG (``error`` or ``skip``: replace and count);
+    ``source_workers`` the processes reading shards for DALI (0: the main thread; the batches
+    are the same for any count).
     """
 
     num_threads: int = Field(gt=0)
@@ -136,6 +141,23 @@ class LoaderParams(_Section):
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     hw_decoder_load: float = Field(ge=0, le=1)
+    erase_prob: float = Field(default=0.0, ge=0, le=1)
+    erase_area: tuple[float, float] = (0.02, 0.4)
+    erase_ratio: tuple[float, float] = (0.3, 3.33)
+    color_jitter: float = Field(default=0.0, ge=0, lt=1)
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    on_corrupt: Literal["error", "skip"] = "error"
+    source_workers: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "LoaderParams":
+        lo, hi = self.erase_area
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(f"erase_area must be [low, high] with 0 < low <= high <= 1, got {self.erase_area}")
+        lo, hi = self.erase_ratio
+        if not 0 < lo <= hi:
+            raise ValueError(f"erase_ratio must be [low, high] with 0 < low <= high, got {self.erase_ratio}")
+        return self
 
 
 class ModelParams(_Section):

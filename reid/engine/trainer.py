@@ -59,7 +59,7 @@ class TrainSpec:
         """Flat ``section.key -> value`` of every setting that changes the trained weights."""
         return flatten({
             "image_size": list(self.image_size), "sampler": self.sampler.model_dump(),
-            "loader": self.loader.model_dump(), "model": self.model.model_dump(),
+            "loader": self.loader.model_dump(exclude={"source_workers"}), "model": self.model.model_dump(),
             "loss": self.loss.model_dump(), "optim": self.optim.model_dump(),
             "engine": self.engine.model_dump(exclude={"log_every"}),
         })
@@ -68,8 +68,10 @@ class TrainSpec:
         """The DALI training-pipeline settings."""
         lp = self.loader
         return AugmentConfig(image_size=tuple(self.image_size), mean=lp.mean, std=lp.std,
-                             flip_prob=lp.flip_prob, pad=lp.pad, num_threads=lp.num_threads,
-                             prefetch=lp.prefetch, hw_decoder_load=lp.hw_decoder_load)
+                             flip_prob=lp.flip_prob, pad=lp.pad, erase_prob=lp.erase_prob,
+                             erase_area=lp.erase_area, erase_ratio=lp.erase_ratio, color_jitter=lp.color_jitter,
+                             dtype=lp.dtype, num_threads=lp.num_threads, prefetch=lp.prefetch,
+                             hw_decoder_load=lp.hw_decoder_load, on_corrupt=lp.on_corrupt)
 
 
 @dataclass
@@ -174,7 +176,8 @@ def train(spec: TrainSpec, resume: bool = False,
     for epoch in range(start_epoch, end_epoch):
         sampler.load_state_dict({**sampler.state_dict(), "epoch": epoch, "step": 0})
         loader = DaliTrainLoader(index, keys, pid_map, sampler, spec.augment(),
-                                 seed=_pipeline_seed(spec.engine.seed, epoch, dist.rank), device=dist.device)
+                                 seed=_pipeline_seed(spec.engine.seed, epoch, dist.rank), device=dist.device,
+                                 source_workers=spec.loader.source_workers)
         engine.train()
         sums: dict[str, float] = {}
         t0 = time.perf_counter()
@@ -182,8 +185,9 @@ def train(spec: TrainSpec, resume: bool = False,
                    unit="step", dynamic_ncols=True)
         for step in bar:
             batch = next(loader)
+            images = batch["images"] if dist.device.type == "cuda" else batch["images"].float()  # CPU: fp32 model
             with _autocast(dist.device):
-                outputs = engine(batch["images"])
+                outputs = engine(images)
                 loss, logs = criterion(outputs, batch)
             engine.backward(loss)
             engine.step()
@@ -195,7 +199,7 @@ def train(spec: TrainSpec, resume: bool = False,
         loader.close()
         epoch_logs = {k: v / steps for k, v in sums.items()}
         epoch_logs.update(img_per_s=img_s, lr=engine.get_lr()[0], epoch_seconds=time.perf_counter() - t0,
-                          world_size=dist.world_size)
+                          world_size=dist.world_size, skipped_images=loader.skipped)
         if dist.is_main and validate is not None:
             epoch_logs.update(validate(epoch + 1, engine.module))
         barrier()

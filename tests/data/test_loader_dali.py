@@ -21,7 +21,7 @@ from reid.data.loaders import dali
 from reid.data.loaders.dali import AugmentConfig, DaliTrainLoader, iterate_eval
 from reid.data.manifest import contiguous_labels
 from reid.data.samplers import PKSampler
-from reid.data.shards import ShardsIndex, write_shards
+from reid.data.shards import ShardsError, ShardsIndex, write_shards
 from reid.data.synthetic import MSMT17SynthConfig, write_msmt17
 
 SIZE = (40, 24)  # (H, W) output: a different scale per axis (64->40, 32->24), so H/W mix-ups show
@@ -288,3 +288,136 @@ def test_iterate_eval_rejects_bad_arguments(ds, keys, batch_size, match):
     keys = ds["index"].keys("query") if keys is None else keys
     with pytest.raises(ValueError, match=match):
         iterate_eval(ds["index"], keys, _cfg(), batch_size, CPU)  # raises at call time, before iterating
+
+
+def test_iterate_eval_rejects_keys_out_of_shard_order(ds):
+    keys = ds["index"].keys("gallery")
+    with pytest.raises(ValueError, match="shard order"):
+        iterate_eval(ds["index"], keys[::-1], _cfg(), 4, CPU)
+    with pytest.raises(ValueError, match="not in"):
+        iterate_eval(ds["index"], ["nope"], _cfg(), 4, CPU)
+
+
+# -- 6. random erasing, colour jitter, dtype ------------------------------------------------------
+
+
+def test_random_erasing_zeroes_one_rectangle_in_the_configured_range(ds, off_batches):
+    area, ratio = (0.1, 0.3), (0.5, 2.0)
+    erased = _train_batches(ds, _cfg(erase_prob=1.0, erase_area=area, erase_ratio=ratio), n=2)
+    h, w = SIZE
+    for eb, ob in zip(erased, off_batches):
+        assert eb["keys"] == ob["keys"]
+        for e, o in zip(eb["images"], ob["images"]):
+            changed = (e != o).any(dim=0).numpy()
+            ys, xs = np.nonzero(changed)
+            assert len(ys) > 0
+            y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+            box = e[:, y0:y1, x0:x1]
+            assert torch.all(box == 0)  # filled with 0 after normalisation = the mean pixel
+            frac = (y1 - y0) * (x1 - x0) / (h * w)
+            # sides are rounded to whole pixels (+-1 px each), and a pixel equal to the mean
+            # already may hide at the border: allow that slack around the configured range
+            slack = (h + w + 1) / (h * w)
+            assert area[0] - slack <= frac <= area[1] + slack, frac
+            assert (e[:, ~torch.from_numpy(changed)] == o[:, ~torch.from_numpy(changed)]).all()
+    off = _train_batches(ds, _cfg(erase_prob=0.0), n=1)
+    assert torch.equal(off[0]["images"], off_batches[0]["images"])
+
+
+def test_colour_jitter_changes_pixels_deterministically(ds, off_batches):
+    a = _train_batches(ds, _cfg(color_jitter=0.4), seed=5, n=2)
+    b = _train_batches(ds, _cfg(color_jitter=0.4), seed=5, n=2)
+    for x, y, o in zip(a, b, off_batches):
+        assert torch.equal(x["images"], y["images"])
+        assert (x["images"] - o["images"]).abs().mean() > 0.05
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_output_dtype(ds, off_batches, dtype):
+    (batch,) = _train_batches(ds, _cfg(dtype=dtype), n=1)
+    assert batch["images"].dtype == getattr(torch, dtype)
+    torch.testing.assert_close(batch["images"].float(), off_batches[0]["images"], atol=0.05, rtol=0.01)
+    (ev,) = list(iterate_eval(ds["index"], ds["index"].keys("query")[:2], _cfg(dtype=dtype), 2, CPU))
+    assert ev["images"].dtype == getattr(torch, dtype)
+
+
+# -- 7. parallel external source, sharded evaluation ---------------------------------------------
+
+
+def test_parallel_source_workers_give_the_same_batches(ds):
+    cfg = _cfg(flip_prob=0.5, pad=2, erase_prob=0.5)
+    serial = _train_batches(ds, cfg, seed=3, n=3)
+    loader = DaliTrainLoader(ds["index"], ds["keys"], ds["pid_map"], _sampler(ds), cfg, seed=3, device=CPU,
+                             source_workers=2)
+    try:
+        parallel = [next(loader) for _ in range(3)]
+    finally:
+        loader.close()
+    for s, p in zip(serial, parallel):
+        assert s["keys"] == p["keys"]
+        assert torch.equal(s["images"], p["images"])
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_sharded_evaluation_covers_every_key_once_in_rank_order(ds, world_size):
+    index = ds["index"]
+    keys = index.keys("query") + index.keys("gallery")
+    whole = _eval_images(index, keys, _cfg(), 4)
+    parts = [[k for b in iterate_eval(index, keys, _cfg(), 4, CPU, rank=r, world_size=world_size)
+              for k in b["keys"]] for r in range(world_size)]
+    assert [k for part in parts for k in part] == keys == list(whole)
+    assert all(parts)
+    n = len(keys)
+    assert [len(p) for p in parts] == [n * (r + 1) // world_size - n * r // world_size for r in range(world_size)]
+
+
+# -- 8. corrupt JPEG inside a shard --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def corrupt(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    base = tmp_path_factory.mktemp("dali_corrupt")
+    cfg = MSMT17SynthConfig(num_train_ids=4, num_test_ids=2, num_cameras=2, images_per_id_camera=2,
+                            val_every=0, height=64, width=32)
+    root = write_msmt17(base, cfg)
+    manifest = layouts.parse("msmt17", root, check_images=False)
+    bad = manifest.split("train")[1]
+    data = (root / bad.relpath).read_bytes()
+    (root / bad.relpath).write_bytes(data[: len(data) // 2])  # truncated: what a broken copy leaves
+    write_shards(manifest, root, base / "shards", 1 << 20)
+    index = ShardsIndex.load(base / "shards")
+    keys = index.keys("train")
+    labels = [index.labels(k)["pid"] for k in keys]
+    pid_map = contiguous_labels(labels)
+    return {"index": index, "keys": keys, "pid_map": pid_map, "labels": [pid_map[p] for p in labels],
+            "bad": bad.key}
+
+
+def _corrupt_loader(c: dict, on_corrupt: str) -> DaliTrainLoader:
+    # P=4 ids x K=2 of 4 ids with 4 images each: the corrupt image is drawn within a few batches
+    sampler = PKSampler(c["labels"], 4, 4, seed=0)
+    return DaliTrainLoader(c["index"], c["keys"], c["pid_map"], sampler, _cfg(on_corrupt=on_corrupt), seed=0,
+                           device=CPU)
+
+
+def test_corrupt_jpeg_error_names_shard_and_key(corrupt):
+    loader = _corrupt_loader(corrupt, "error")
+    try:
+        with pytest.raises(ShardsError) as err:
+            next(loader)  # every id's 4 images are in each batch (K = 4 = images per id)
+    finally:
+        loader.close()
+    assert corrupt["bad"] in str(err.value) and "train-000000.tar" in str(err.value)
+
+
+def test_corrupt_jpeg_skip_replaces_it_and_counts(corrupt):
+    loader = _corrupt_loader(corrupt, "skip")
+    try:
+        batches = [next(loader) for _ in range(2)]
+    finally:
+        loader.close()
+    assert loader.skipped == 2  # once per batch
+    for b in batches:
+        assert corrupt["bad"] not in b["keys"] and len(b["keys"]) == 16
+        pids = b["pids"].tolist()
+        assert all(len(set(pids[j * 4:(j + 1) * 4])) == 1 for j in range(4))  # replaced within its identity

@@ -1,13 +1,22 @@
 """NVIDIA DALI loaders over WebDataset shards: training (P x K sampled, augmented) and evaluation.
 
-Sample bytes are read by random access into the tar shards (``ShardsIndex.read_jpeg``, using the
-offsets in ``shards.json``) and fed to DALI through ``fn.external_source``. JPEG decoding runs
-with ``device="mixed"`` (nvJPEG, on GPU) when CUDA is available and ``device="cpu"`` otherwise;
-resize, pad + random crop, horizontal flip and normalisation run in DALI on the same device.
+Training: the sampler picks sample indices; :class:`~reid.data.loaders.source.SampledJpegSource`
+reads each sample's bytes by random access into the tar shards (``ShardsIndex.read_jpeg``, at the
+offsets in ``shards.json``) and feeds them to DALI through ``fn.external_source`` in per-sample
+mode, run by ``source_workers`` parallel Python worker processes (0: in the main thread). JPEG
+decoding runs with ``device="mixed"`` (nvJPEG on GPU, ``hw_decoder_load`` of it on the hardware
+decoder) when CUDA is available and ``device="cpu"`` otherwise; the augmentations of
+:class:`~reid.data.loaders.config.AugmentConfig` run in DALI on the same device: resize, pad +
+random crop, horizontal flip, colour jitter, normalisation, random erasing (Zhong et al., AAAI
+2020, Alg. 1), then the output dtype.
+
+Evaluation: :func:`iterate_eval` reads a split's tars sequentially with
+``fn.readers.webdataset`` and the DALI ``.idx`` files, sharded across ranks.
 
 Both loaders yield the project's *Batch* dict (see ``../shared/design/architecture.md``)::
 
-    images    (B, 3, H, W) float32, normalised ((x - mean) / std on the 0-255 scale)
+    images    (B, 3, H, W) float32 / float16 / bfloat16 (AugmentConfig.dtype), normalised
+              ((x - mean) / std on the 0-255 scale)
     pids      (B,) int64   contiguous train labels (train) or dataset pids (eval)
     camids    (B,) int64
     model_ids (B,) int64   -1 where unknown
@@ -16,14 +25,18 @@ Both loaders yield the project's *Batch* dict (see ``../shared/design/architectu
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, Sequence
+import io
+import json
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 
 from reid.data.loaders.config import AugmentConfig
-from reid.data.samplers import PKSampler
-from reid.data.shards import ShardsIndex
+from reid.data.loaders.source import BatchPlan, SampledJpegSource
+from reid.data.shards import ShardsError, ShardsIndex
+
+__all__ = ["AugmentConfig", "DaliTrainLoader", "iterate_eval", "cuda_device_id"]
 
 
 def cuda_device_id() -> int | None:
@@ -33,37 +46,74 @@ def cuda_device_id() -> int | None:
     return torch.cuda.current_device()
 
 
-def _build_pipeline(source: Callable[[], tuple[list, list]], cfg: AugmentConfig, batch_size: int,
-                    train: bool, seed: int, device_id: int | None):
-    """Build a DALI pipeline reading (jpeg bytes, sample index) batches from ``source``."""
+_TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def _decode(jpegs, cfg: AugmentConfig, gpu: bool):
+    import nvidia.dali.fn as fn
+    import nvidia.dali.types as types
+
+    if gpu:
+        return fn.decoders.image(jpegs, device="mixed", output_type=types.RGB, hw_decoder_load=cfg.hw_decoder_load)
+    return fn.decoders.image(jpegs, device="cpu", output_type=types.RGB)
+
+
+def _augment(images, cfg: AugmentConfig, train: bool):
+    """Decoded HWC uint8 images -> normalised CHW images (module docstring order)."""
+    import nvidia.dali.fn as fn
+    import nvidia.dali.math as dmath
+    import nvidia.dali.types as types
+
+    h, w = cfg.image_size
+    images = fn.resize(images, size=[h, w], interp_type=types.INTERP_LINEAR, antialias=True)
+    mirror = 0
+    if train:
+        if cfg.pad > 0:
+            anchor = fn.random.uniform(range=(-cfg.pad, cfg.pad), shape=[2], dtype=types.INT32)
+            images = fn.slice(images, anchor, np.array([w, h], np.int32), axis_names="WH",
+                              out_of_bounds_policy="pad", fill_values=0)
+        if cfg.flip_prob > 0:
+            mirror = fn.random.coin_flip(probability=cfg.flip_prob)
+        if cfg.color_jitter > 0:
+            lo, hi = 1.0 - cfg.color_jitter, 1.0 + cfg.color_jitter
+            images = fn.color_twist(images, brightness=fn.random.uniform(range=(lo, hi)),
+                                    contrast=fn.random.uniform(range=(lo, hi)),
+                                    saturation=fn.random.uniform(range=(lo, hi)))
+    dtype = types.FLOAT16 if cfg.dtype == "float16" else types.FLOAT
+    images = fn.crop_mirror_normalize(images, dtype=dtype, output_layout="CHW", mean=list(cfg.mean),
+                                      std=list(cfg.std), mirror=mirror)
+    if train and cfg.erase_prob > 0:
+        # Zhong et al. 2020, Alg. 1: area S_e ~ U(s_l, s_h) * H * W, aspect r_e ~ U(r_1, r_2),
+        # H_e = sqrt(S_e r_e), W_e = sqrt(S_e / r_e), top-left corner uniform among the positions
+        # that keep the rectangle inside (instead of the paper's rejection loop, the sides are
+        # clipped to the image). In normalised coordinates: h = sqrt(a r W / H), w = sqrt(a H / (r W)).
+        area = fn.random.uniform(range=cfg.erase_area)
+        ratio = fn.random.uniform(range=cfg.erase_ratio)
+        eh = dmath.min(dmath.sqrt(area * ratio * (w / h)), 1.0)
+        ew = dmath.min(dmath.sqrt(area / ratio * (h / w)), 1.0)
+        on = fn.cast(fn.random.coin_flip(probability=cfg.erase_prob), dtype=types.FLOAT)
+        y0 = fn.random.uniform(range=(0.0, 1.0)) * (1.0 - eh)
+        x0 = fn.random.uniform(range=(0.0, 1.0)) * (1.0 - ew)
+        images = fn.erase(images, anchor=fn.stack(y0, x0), shape=fn.stack(eh * on, ew * on), axis_names="HW",
+                          normalized_anchor=True, normalized_shape=True, fill_value=0.0)
+    return images
+
+
+def _train_pipeline(source: SampledJpegSource, cfg: AugmentConfig, batch_size: int, seed: int,
+                    device_id: int | None, source_workers: int):
     import nvidia.dali.fn as fn
     import nvidia.dali.types as types
     from nvidia.dali import pipeline_def
 
-    gpu = device_id is not None
-    h, w = cfg.image_size
+    extra = {"py_num_workers": source_workers, "py_start_method": "spawn"} if source_workers else {}
 
-    @pipeline_def(batch_size=batch_size, num_threads=cfg.num_threads, device_id=device_id,
-                  seed=seed, prefetch_queue_depth=cfg.prefetch)
+    @pipeline_def(batch_size=batch_size, num_threads=cfg.num_threads, device_id=device_id, seed=seed,
+                  prefetch_queue_depth=cfg.prefetch, **extra)
     def pipe():
-        jpegs, idx = fn.external_source(source=source, num_outputs=2, batch=True,
-                                        dtype=[types.UINT8, types.INT64])
-        if gpu:
-            images = fn.decoders.image(jpegs, device="mixed", output_type=types.RGB,
-                                       hw_decoder_load=cfg.hw_decoder_load)
-        else:
-            images = fn.decoders.image(jpegs, device="cpu", output_type=types.RGB)
-        images = fn.resize(images, size=[h, w], interp_type=types.INTERP_LINEAR, antialias=True)
-        mirror = 0
-        if train:
-            if cfg.pad > 0:
-                anchor = fn.random.uniform(range=(-cfg.pad, cfg.pad), shape=[2], dtype=types.INT32)
-                images = fn.slice(images, anchor, np.array([w, h], np.int32), axis_names="WH",
-                                  out_of_bounds_policy="pad", fill_values=0)
-            mirror = fn.random.coin_flip(probability=cfg.flip_prob)
-        images = fn.crop_mirror_normalize(images, dtype=types.FLOAT, output_layout="CHW",
-                                          mean=list(cfg.mean), std=list(cfg.std), mirror=mirror)
-        return images, idx
+        jpegs, idx, skipped = fn.external_source(source=source, num_outputs=3, batch=False,
+                                                 parallel=source_workers > 0,
+                                                 dtype=[types.UINT8, types.INT64, types.INT32])
+        return _augment(_decode(jpegs, cfg, device_id is not None), cfg, train=True), idx, skipped
 
     p = pipe()
     p.build()
@@ -79,18 +129,20 @@ def _host_array(tensor_list) -> np.ndarray:
     return np.array(tensor_list.as_tensor())
 
 
-def _to_torch(tensor_list, device: torch.device) -> torch.Tensor:
-    """Copy a dense float32 DALI TensorList into a torch tensor on ``device`` (GPU stays on GPU)."""
+def _to_torch(tensor_list, device: torch.device, dtype: str) -> torch.Tensor:
+    """Copy a dense DALI TensorList into a torch tensor of ``dtype`` on ``device`` (GPU stays on GPU)."""
     from nvidia.dali.backend import TensorListGPU
 
     if isinstance(tensor_list, TensorListGPU) and device.type == "cuda":
         from nvidia.dali.plugin.pytorch import feed_ndarray
 
         dense = tensor_list.as_tensor()
-        out = torch.empty(dense.shape(), dtype=torch.float32, device=device)
+        out = torch.empty(dense.shape(), dtype=torch.float16 if dtype == "float16" else torch.float32,
+                          device=device)
         feed_ndarray(dense, out, cuda_stream=torch.cuda.current_stream(device))
-        return out
-    return torch.from_numpy(_host_array(tensor_list)).to(device)
+    else:
+        out = torch.from_numpy(_host_array(tensor_list)).to(device)
+    return out.to(_TORCH_DTYPES[dtype])
 
 
 class _LabelTable:
@@ -114,78 +166,158 @@ class _LabelTable:
         }
 
 
+def _undecodable(source: SampledJpegSource, n: int) -> str:
+    """The samples of batch ``n`` that PIL cannot decode either, described (shard and key)."""
+    from PIL import Image
+
+    bad = []
+    for i in source.batch_indices(n):
+        try:
+            with Image.open(io.BytesIO(source.index.read_jpeg(source.keys[i]))) as im:
+                im.load()
+        except Exception:  # PIL raises many types for a broken file
+            bad.append(source.describe(i))
+    return "; ".join(bad) or "none of its samples fails to decode with PIL either"
+
+
 class DaliTrainLoader:
-    """Infinite training loader: the P x K sampler picks indices, DALI decodes and augments them.
+    """Infinite training loader: the batch sampler picks indices, DALI decodes and augments them.
 
     Args:
         index: the dataset's shards (``ShardsIndex.load(shards_dir)``).
         keys: training sample keys; position ``i`` is sample index ``i`` for the sampler.
         pid_map: dataset pid -> contiguous train label.
-        sampler: a :class:`PKSampler` built over ``[pid_map[pid(k)] for k in keys]``.
+        sampler: a :class:`~reid.data.samplers.PKSampler` (or any sampler with ``batch(epoch,
+            step)``, ``steps_per_epoch``, ``state_dict()``) over ``[pid_map[pid(k)] for k in keys]``.
+            Batch ``n`` of the loader is the sampler's batch ``n`` positions after its state at
+            construction; the sampler object itself is not advanced.
         cfg: augmentation and pipeline settings.
-        seed: DALI seed for this pipeline (crop offsets and flips).
+        seed: DALI seed for this pipeline (crop offsets, flips, jitter, erasing).
         device: torch device the batches land on.
+        source_workers: DALI Python worker processes reading the shards (parallel external
+            source, spawned); 0 reads in the main thread.
 
-    Iterating yields Batch dicts (module docstring) of ``sampler.p * sampler.k`` samples. The
-    sampler's state advances as batches are *requested by DALI* (up to ``cfg.prefetch`` ahead);
-    use :meth:`close` and rebuild at epoch boundaries for exact resume (the engine does).
+    Iterating yields Batch dicts (module docstring) of ``batch_size`` samples; :attr:`skipped`
+    counts samples replaced because their JPEG was corrupt (``cfg.on_corrupt == "skip"``).
+
+    Raises:
+        ShardsError: (when iterating) a corrupt JPEG with ``cfg.on_corrupt == "error"``, naming the
+            shard and key; or a batch DALI fails to decode, naming the samples PIL cannot decode.
     """
 
     def __init__(self, index: ShardsIndex, keys: Sequence[str], pid_map: dict[int, int],
-                 sampler: PKSampler, cfg: AugmentConfig, seed: int, device: torch.device):
+                 sampler: BatchPlan, cfg: AugmentConfig, seed: int, device: torch.device,
+                 source_workers: int = 0):
+        if source_workers < 0:
+            raise ValueError(f"source_workers must be >= 0, got {source_workers}")
         self.table = _LabelTable(index, keys, pid_map)
-        self.index = index
         self.device = device
-        self._batches = iter(sampler)
-        self._pipe = _build_pipeline(self._next_source_batch, cfg, sampler.p * sampler.k,
-                                     train=True, seed=seed, device_id=cuda_device_id())
-
-    def _next_source_batch(self):
-        idx = next(self._batches)
-        jpegs = [np.frombuffer(self.index.read_jpeg(self.table.keys[i]), np.uint8) for i in idx]
-        return jpegs, [np.array([i], np.int64) for i in idx]
+        self.cfg = cfg
+        self.skipped = 0
+        self._n = 0
+        self.source = SampledJpegSource(index, self.table.keys, self.table.pids, sampler, cfg.on_corrupt)
+        self.batch_size = len(self.source.batch_indices(0))
+        self._pipe = _train_pipeline(self.source, cfg, self.batch_size, seed, cuda_device_id(), source_workers)
 
     def __iter__(self) -> Iterator[dict]:
         return self
 
     def __next__(self) -> dict:
-        images, idx = self._pipe.run()
-        return self.table.batch(_host_array(idx).ravel(), _to_torch(images, self.device))
+        try:
+            images, idx, skipped = self._pipe.run()
+        except ShardsError:
+            raise
+        except Exception as err:
+            if "corrupt JPEG" in str(err):  # raised by the source in a worker process
+                msg = str(err)
+                raise ShardsError(msg[msg.index("corrupt JPEG"):].splitlines()[0]) from err
+            raise ShardsError(f"DALI failed on training batch {self._n}: {_undecodable(self.source, self._n)} "
+                              f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from err
+        self._n += 1
+        self.skipped += int(_host_array(skipped).sum())
+        return self.table.batch(_host_array(idx).ravel(), _to_torch(images, self.device, self.cfg.dtype))
 
     def close(self) -> None:
-        """Release the DALI pipeline."""
+        """Release the DALI pipeline (and its worker processes)."""
         del self._pipe
 
 
 def iterate_eval(index: ShardsIndex, keys: Sequence[str], cfg: AugmentConfig, batch_size: int,
-                 device: torch.device) -> Iterator[dict]:
-    """Yield Batch dicts over ``keys`` in order, without augmentation (resize + normalise only).
+                 device: torch.device, rank: int = 0, world_size: int = 1) -> Iterator[dict]:
+    """Yield Batch dicts over ``keys``, in order, without augmentation (resize + normalise only).
 
-    ``pids`` are the dataset pids as stored in the shards. The last batch may be smaller.
+    The tars of the splits holding ``keys`` are read sequentially by ``fn.readers.webdataset``
+    with their DALI ``.idx`` files (no random access); samples not in ``keys`` are decoded and
+    dropped, so pass whole splits for speed. With ``world_size > 1`` the reader is sharded: rank
+    ``r`` gets the contiguous part ``[N r / W, N (r + 1) / W)`` of the ``N`` samples (DALI's shard
+    rule), in order. ``pids`` are the dataset pids as stored in the shards. Batches may be smaller
+    than ``batch_size``.
 
     Raises:
-        ValueError: if ``keys`` is empty or ``batch_size < 1``.
+        ValueError: if ``keys`` is empty, unknown, or not in shard order; ``batch_size < 1``; a bad
+            ``rank``/``world_size``.
     """
     if not keys:
         raise ValueError("iterate_eval: no keys to read")
     if batch_size < 1:
         raise ValueError(f"iterate_eval: batch_size must be >= 1, got {batch_size}")
-    return _eval_batches(index, keys, cfg, batch_size, device)
+    if not 0 <= rank < world_size:
+        raise ValueError(f"iterate_eval: need 0 <= rank < world_size, got rank {rank}, world_size {world_size}")
+    unknown = [k for k in keys if k not in index]
+    if unknown:
+        raise ValueError(f"iterate_eval: {len(unknown)} key(s) not in {index.root}, e.g. {unknown[:3]}")
+    splits = list(dict.fromkeys(index.labels(k)["split"] for k in keys))
+    order = [k for split in splits for k in index.keys(split)]
+    position = {k: i for i, k in enumerate(order)}
+    if [position[k] for k in keys] != sorted(position[k] for k in keys):
+        raise ValueError("iterate_eval: keys must be in shard order (split by split, as ShardsIndex.keys gives them)")
+    return _eval_batches(index, splits, set(keys), cfg, batch_size, device, rank, world_size, len(order))
 
 
-def _eval_batches(index: ShardsIndex, keys: Sequence[str], cfg: AugmentConfig, batch_size: int,
-                  device: torch.device) -> Iterator[dict]:
-    table = _LabelTable(index, keys, None)
-    starts = iter(range(0, len(keys), batch_size))
+def _eval_pipeline(index: ShardsIndex, splits: list[str], cfg: AugmentConfig, batch_size: int, rank: int,
+                   world_size: int):
+    import nvidia.dali.fn as fn
+    from nvidia.dali import pipeline_def
 
-    def source():
-        start = next(starts)  # StopIteration ends the epoch
-        idx = range(start, min(start + batch_size, len(keys)))
-        return ([np.frombuffer(index.read_jpeg(table.keys[i]), np.uint8) for i in idx],
-                [np.array([i], np.int64) for i in idx])
+    device_id = cuda_device_id()
 
-    pipe = _build_pipeline(source, cfg, batch_size, train=False, seed=0, device_id=cuda_device_id())
-    for _ in range((len(keys) + batch_size - 1) // batch_size):
-        images, idx = pipe.run()
-        yield table.batch(_host_array(idx).ravel(), _to_torch(images, device))
-    del pipe
+    @pipeline_def(batch_size=batch_size, num_threads=cfg.num_threads, device_id=device_id, seed=0,
+                  prefetch_queue_depth=cfg.prefetch)
+    def pipe():
+        jpegs, labels = fn.readers.webdataset(
+            paths=[str(p) for s in splits for p in index.shard_paths(s)],
+            index_paths=[str(p) for s in splits for p in index.index_paths(s)],
+            ext=["jpg", "json"], shard_id=rank, num_shards=world_size, random_shuffle=False,
+            pad_last_batch=True, name="reader")
+        return _augment(_decode(jpegs, cfg, device_id is not None), cfg, train=False), labels
+
+    p = pipe()
+    p.build()
+    return p
+
+
+def _eval_batches(index: ShardsIndex, splits: list[str], wanted: set[str], cfg: AugmentConfig, batch_size: int,
+                  device: torch.device, rank: int, world_size: int, total: int) -> Iterator[dict]:
+    pipe = _eval_pipeline(index, splits, cfg, batch_size, rank, world_size)
+    first, last = total * rank // world_size, total * (rank + 1) // world_size
+    remaining = last - first
+    try:
+        while remaining > 0:
+            images, labels = pipe.run()
+            take = min(remaining, batch_size)  # the last batch is padded with repeats
+            remaining -= take
+            raw = [json.loads(np.array(labels[i]).tobytes()) for i in range(take)]
+            keep = [i for i, lab in enumerate(raw) if lab["key"] in wanted]
+            if not keep:
+                continue
+            out = _to_torch(images, device, cfg.dtype)[torch.tensor(keep, device=device)]
+            lab = [raw[i] for i in keep]
+            yield {
+                "images": out,
+                "pids": torch.tensor([x["pid"] for x in lab], dtype=torch.int64, device=device),
+                "camids": torch.tensor([x["camid"] for x in lab], dtype=torch.int64, device=device),
+                "model_ids": torch.tensor([x["model_id"] for x in lab], dtype=torch.int64, device=device),
+                "keys": [x["key"] for x in lab],
+            }
+    finally:
+        del pipe

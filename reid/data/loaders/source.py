@@ -1,0 +1,104 @@
+"""The per-sample input callback of the DALI training pipeline: sampled keys -> JPEG bytes.
+
+:class:`SampledJpegSource` is what ``fn.external_source(parallel=True, batch=False)`` calls once
+per sample, possibly in DALI's Python worker processes. It is stateless between calls: the sample
+for ``(iteration, idx_in_batch)`` comes from the sampler's deterministic ``batch(epoch, step)``,
+so any number of workers, in any order, feed the same sequence. This module does not import
+torch, so spawned workers start quickly.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, Sequence
+
+import numpy as np
+
+from reid.data.shards import ShardsError, ShardsIndex
+
+__all__ = ["BatchPlan", "SampledJpegSource", "jpeg_looks_complete"]
+
+_SOI = b"\xff\xd8"
+_EOI = b"\xff\xd9"
+
+
+class BatchPlan(Protocol):
+    """What the source needs from a batch sampler (``PKSampler`` and the hierarchical sampler)."""
+
+    steps_per_epoch: int
+
+    def batch(self, epoch: int, step: int) -> list[int]: ...
+
+    def state_dict(self) -> dict[str, int]: ...
+
+
+def jpeg_looks_complete(data: bytes) -> bool:
+    """Cheap structural check: starts with the SOI marker and ends with EOI (trailing zero
+    padding allowed). Catches empty and truncated files, the usual corruption, in O(1)."""
+    return data.startswith(_SOI) and data.rstrip(b"\0").endswith(_EOI)
+
+
+class SampledJpegSource:
+    """Per-sample callback: sample ``j`` of batch ``n`` -> ``(jpeg uint8 (L,), index int64 (1,),
+    skipped int32 (1,))``.
+
+    Args:
+        index: the shards (picklable; reads by ``pread`` at the recorded offsets).
+        keys: training keys; sampler index ``i`` is ``keys[i]``.
+        pids: label of each key (aligned with ``keys``), used to replace a corrupt sample.
+        sampler: a batch sampler (see :class:`BatchPlan`); batch ``n`` of this source is the
+            sampler's batch ``n`` positions after its :meth:`state_dict` at construction.
+        on_corrupt: ``"error"``: a JPEG that fails :func:`jpeg_looks_complete` raises
+            :class:`ShardsError` naming the shard tar and key; ``"skip"``: it is replaced by the
+            next image of the same identity (cycling through ``keys`` order) that passes, and the
+            sample's ``skipped`` output is 1.
+
+    Raises:
+        ShardsError: a corrupt sample with ``on_corrupt="error"``, or an identity with no
+            readable image at all.
+    """
+
+    def __init__(self, index: ShardsIndex, keys: Sequence[str], pids: Sequence[int], sampler: BatchPlan,
+                 on_corrupt: str = "error") -> None:
+        if on_corrupt not in ("error", "skip"):
+            raise ValueError(f"on_corrupt must be 'error' or 'skip', got {on_corrupt!r}")
+        self.index = index
+        self.keys = list(keys)
+        self.pids = np.asarray(pids, np.int64)
+        self.sampler = sampler
+        self.on_corrupt = on_corrupt
+        state = sampler.state_dict()
+        self.start = state["epoch"] * sampler.steps_per_epoch + state["step"]
+        self._cached: tuple[int, list[int]] | None = None
+
+    def batch_indices(self, n: int) -> list[int]:
+        """Sampler indices of this source's batch ``n`` (0-based)."""
+        if self._cached is None or self._cached[0] != n:
+            epoch, step = divmod(self.start + n, self.sampler.steps_per_epoch)
+            self._cached = (n, self.sampler.batch(epoch, step))
+        return self._cached[1]
+
+    def describe(self, i: int) -> str:
+        """``"key '<key>' in shard <tar path>"`` for sampler index ``i``."""
+        key = self.keys[i]
+        return f"key {key!r} in shard {self.index.root / self.index.location(key)[0]}"
+
+    def read(self, i: int) -> tuple[np.ndarray, int, int]:
+        """``(jpeg bytes as uint8, index actually read, skipped 0/1)`` for sampler index ``i``."""
+        data = self.index.read_jpeg(self.keys[i])
+        if jpeg_looks_complete(data):
+            return np.frombuffer(data, np.uint8), i, 0
+        if self.on_corrupt == "error":
+            raise ShardsError(f"corrupt JPEG: {self.describe(i)} (loader.on_corrupt: skip replaces it)")
+        same = np.flatnonzero(self.pids == self.pids[i])
+        start = int(np.searchsorted(same, i))
+        for j in np.roll(same, -start)[1:]:
+            data = self.index.read_jpeg(self.keys[int(j)])
+            if jpeg_looks_complete(data):
+                return np.frombuffer(data, np.uint8), int(j), 1
+        raise ShardsError(f"corrupt JPEG: {self.describe(i)}, and no other image of its identity is readable")
+
+    def __call__(self, info: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """DALI per-sample call: ``info`` is a ``nvidia.dali.types.SampleInfo``."""
+        i = self.batch_indices(info.iteration)[info.idx_in_batch]
+        jpeg, used, skipped = self.read(i)
+        return jpeg, np.array([used], np.int64), np.array([skipped], np.int32)
