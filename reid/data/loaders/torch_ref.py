@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import itertools
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -134,10 +134,10 @@ class _LabelTable:
 class _TrainDataset(Dataset):
     """Map-style dataset whose items are ``(batch number, slot, sample index)`` triples.
 
-    ``__getitem__`` returns ``(image, index actually used, decode failures)``: the image is the
+    ``__getitem__`` returns ``(image, index actually used, skipped 0/1)``: the image is the
     transformed ``(3, H, W)`` tensor; with ``on_corrupt="skip"`` a sample whose JPEG does not
-    decode is replaced by the next image of the same identity in ``keys`` (cycling), and the
-    count says how many JPEGs failed on the way.
+    decode is replaced by the next image of the same identity in ``keys`` that decodes (cycling
+    through ``keys`` order), and ``skipped`` is 1.
     """
 
     def __init__(self, index: ShardsIndex, keys: Sequence[str], raw_pids: np.ndarray,
@@ -164,38 +164,59 @@ class _TrainDataset(Dataset):
             first_err = err
         group = self._group_of[i]
         pos = group.index(i)
-        failed = 1
         for j in group[pos + 1:] + group[:pos]:
             try:
-                return _decode(self.index, self.keys[j]), j, failed
+                return _decode(self.index, self.keys[j]), j, 1
             except ShardsError:
-                failed += 1
+                pass
         raise ShardsError(f"{first_err}; no other image of its identity decodes either "
                           f"({len(group)} images tried, on_corrupt='skip')")
 
     def __getitem__(self, item: tuple[int, int, int]) -> tuple[torch.Tensor, int, int]:
         batch, slot, i = item
-        image, used, failed = self._load(int(i))
+        image, used, skipped = self._load(int(i))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(_sample_seed(self.seed, batch, slot))
             out = self.transform(image)
-        return out, used, failed
+        return out, used, skipped
 
 
 def _collate(samples: list[tuple[torch.Tensor, int, int]]) -> dict[str, torch.Tensor]:
-    images, used, failed = zip(*samples)
+    images, used, skipped = zip(*samples)
     return {"images": torch.stack(images), "index": torch.tensor(used, dtype=torch.int64),
-            "skipped": torch.tensor(sum(failed), dtype=torch.int64)}
+            "skipped": torch.tensor(sum(skipped), dtype=torch.int64)}
+
+
+def _is_plan(sampler: Any) -> bool:
+    return all(hasattr(sampler, a) for a in ("batch", "steps_per_epoch", "state_dict"))
 
 
 class _NumberedBatches:
-    """Wraps a batch sampler: yields ``[(batch number, slot, index), ...]`` lazily (infinite OK)."""
+    """The DataLoader's batch sampler: yields ``[(batch number, slot, index), ...]`` lazily.
 
-    def __init__(self, sampler: Iterable[Sequence[int]]):
+    For a planned sampler (``batch(epoch, step)``, ``steps_per_epoch``, ``state_dict()``: a
+    :class:`~reid.data.samplers.PKSampler` or the hierarchical sampler), batch ``n`` is the
+    sampler's batch ``n`` positions after its state at construction, and the sampler object is
+    not advanced (as :class:`~reid.data.loaders.dali.DaliTrainLoader`). Any other iterable of
+    index lists is iterated (and so advanced) as the DataLoader requests batches.
+    """
+
+    def __init__(self, sampler: Any):
         self.sampler = sampler
+        self.start: int | None = None
+        if _is_plan(sampler):
+            state = sampler.state_dict()
+            self.start = state["epoch"] * sampler.steps_per_epoch + state["step"]
+
+    def _batches(self) -> Iterator[Sequence[int]]:
+        if self.start is None:
+            yield from self.sampler
+            return
+        for n in itertools.count(self.start):
+            yield self.sampler.batch(*divmod(n, self.sampler.steps_per_epoch))
 
     def __iter__(self) -> Iterator[list[tuple[int, int, int]]]:
-        for n, batch in enumerate(self.sampler):
+        for n, batch in enumerate(self._batches()):
             yield [(n, j, int(i)) for j, i in enumerate(batch)]
 
 
@@ -208,9 +229,11 @@ class TorchTrainLoader:
         index: the dataset's shards (``ShardsIndex.load(shards_dir)``); pickled to the workers.
         keys: training sample keys; position ``i`` is sample index ``i`` for the sampler.
         pid_map: dataset pid -> contiguous train label.
-        sampler: a batch sampler (iterable of index lists), e.g. a
-            :class:`~reid.data.samplers.PKSampler` built over ``[pid_map[pid(k)] for k in keys]``;
-            iterated lazily, so an infinite one is fine.
+        sampler: a :class:`~reid.data.samplers.PKSampler` (or any sampler with ``batch(epoch,
+            step)``, ``steps_per_epoch``, ``state_dict()``) over ``[pid_map[pid(k)] for k in keys]``:
+            batch ``n`` of the loader is the sampler's batch ``n`` positions after its state at
+            construction, and the sampler object itself is not advanced (as DALI's loader). Any
+            other iterable of index lists also works; it is iterated lazily (infinite is fine).
         cfg: augmentation and pipeline settings (module docstring for the order of the steps).
         seed: augmentation seed (any int; taken modulo 2**64). Sample ``j`` of the ``n``-th batch
             this loader yields is transformed under ``torch.manual_seed(f(seed, n, j))`` (in a
@@ -223,13 +246,11 @@ class TorchTrainLoader:
 
     Iterating yields Batch dicts (module docstring) of ``len(batch)`` samples (``p * k`` for a
     PKSampler), images in ``cfg.dtype``. With ``cfg.on_corrupt="skip"`` a sample whose JPEG does
-    not decode is replaced by the next image of the same identity in ``keys`` (cycling), and the
-    batch reports that image's key, camid and model_id (same pid); :attr:`skipped` counts the
-    JPEGs that failed, over the batches yielded so far.
-
-    The sampler advances as the DataLoader *requests* batches: up to ``num_workers *
-    cfg.prefetch`` ahead of training; use :meth:`close` and rebuild at epoch boundaries for exact
-    resume (as with DALI).
+    not decode is replaced by the next image of the same identity in ``keys`` that decodes
+    (cycling through ``keys`` order), and the batch reports that image's key, camid and model_id
+    (same pid); :attr:`skipped` counts the samples replaced so far in the batches yielded (not in
+    batches still prefetched). The DataLoader prepares up to ``num_workers * cfg.prefetch``
+    batches ahead of training.
 
     Raises (while iterating):
         ShardsError: with ``on_corrupt="error"``, a JPEG that does not decode (the message names
@@ -237,7 +258,7 @@ class TorchTrainLoader:
     """
 
     def __init__(self, index: ShardsIndex, keys: Sequence[str], pid_map: dict[int, int],
-                 sampler: Iterable[Sequence[int]], cfg: AugmentConfig, seed: int, device: torch.device,
+                 sampler: Any, cfg: AugmentConfig, seed: int, device: torch.device,
                  num_workers: int | None = None):
         workers = cfg.num_threads if num_workers is None else num_workers
         if workers < 0:
@@ -283,44 +304,51 @@ class TorchTrainLoader:
 
 
 def iterate_eval_torch(index: ShardsIndex, keys: Sequence[str], cfg: AugmentConfig, batch_size: int,
-                       device: torch.device) -> Iterator[dict]:
+                       device: torch.device, rank: int = 0, world_size: int = 1) -> Iterator[dict]:
     """Yield Batch dicts over ``keys`` in order, without augmentation (resize + normalise only).
 
-    The PyTorch counterpart of :func:`reid.data.loaders.dali.iterate_eval`: the tars holding
-    ``keys`` are read *sequentially* with ``webdataset.WebDataset(urls, shardshuffle=False)``
-    (one pass, no random access), the samples named in ``keys`` are picked in order and decoded
-    and transformed by ``cfg.num_threads`` threads. ``pids`` are the dataset pids as stored in
-    the shards; images are ``(B, 3, H, W)`` in ``cfg.dtype``. The last batch may be smaller.
+    The PyTorch counterpart of :func:`reid.data.loaders.dali.iterate_eval`, same arguments and
+    checks: the tars holding ``keys`` are read *sequentially* with
+    ``webdataset.WebDataset(urls, shardshuffle=False)`` (one pass, no random access; tars without
+    a wanted key are not opened), the samples named in ``keys`` are picked in order, then decoded
+    (``torchvision.io.decode_jpeg``) and transformed by ``cfg.num_threads`` threads. ``pids`` are
+    the dataset pids as stored in the shards; images are ``(B, 3, H, W)`` in ``cfg.dtype``.
+    Batches hold ``batch_size`` samples, the last one may be smaller.
 
-    ``keys`` must be in tar order (``index.keys(split)``, a subsequence of it, or several splits
-    one after another in ``SPLITS`` order, as evaluation reads query then gallery).
+    ``keys`` must be in shard order (``index.keys(split)``, a subsequence of it, or several splits
+    one after another, each in shard order, as evaluation reads query then gallery). With
+    ``world_size > 1``, rank ``r`` gets the keys among the contiguous part ``[N r / W,
+    N (r + 1) / W)`` of the ``N`` samples of those splits (DALI's shard rule, so both paths give a
+    rank the same keys).
 
     Raises:
-        ValueError: at call time, if ``keys`` is empty, ``batch_size < 1``, a key is not in
-            ``shards.json``, or ``keys`` are not in tar order; while iterating, if a key is not
-            found in its tar.
+        ValueError: at call time, if ``keys`` is empty, unknown, or not in shard order (or
+            repeated); ``batch_size < 1``; a bad ``rank``/``world_size``. While iterating, if a
+            key is not found in its tar.
         ShardsError: while iterating, a JPEG that does not decode (names the tar and the key).
     """
     if not keys:
         raise ValueError("iterate_eval_torch: no keys to read")
     if batch_size < 1:
         raise ValueError(f"iterate_eval_torch: batch_size must be >= 1, got {batch_size}")
-    shard_pos = {s.name: n for n, s in enumerate(index.shards)}
-    last: tuple[int, int] = (-1, -1)
-    needed: set[str] = set()
-    for k in keys:
-        if k not in index:
-            raise ValueError(f"iterate_eval_torch: key {k!r} is not in {index.root / 'shards.json'}")
-        shard, offset, _ = index.location(k)
-        pos = (shard_pos[shard], offset)
-        if pos <= last:
-            raise ValueError(f"iterate_eval_torch: keys must be in tar order without repeats; {k!r} "
-                             f"comes before the previous key in the shards")
-        last = pos
-        needed.add(shard)
+    if not 0 <= rank < world_size:
+        raise ValueError(f"iterate_eval_torch: need 0 <= rank < world_size, got rank {rank}, "
+                         f"world_size {world_size}")
+    unknown = [k for k in keys if k not in index]
+    if unknown:
+        raise ValueError(f"iterate_eval_torch: {len(unknown)} key(s) not in {index.root}, e.g. {unknown[:3]}")
     splits = list(dict.fromkeys(index.labels(k)["split"] for k in keys))  # first-seen order
+    order = [k for split in splits for k in index.keys(split)]
+    position = {k: i for i, k in enumerate(order)}
+    pos = [position[k] for k in keys]
+    if any(b <= a for a, b in zip(pos, pos[1:])):
+        raise ValueError("iterate_eval_torch: keys must be in shard order (split by split, as "
+                         "ShardsIndex.keys gives them), without repeats")
+    first, last = len(order) * rank // world_size, len(order) * (rank + 1) // world_size
+    mine = [k for k, p in zip(keys, pos) if first <= p < last]
+    needed = {index.location(k)[0] for k in mine}
     urls = [str(p) for split in splits for p in index.shard_paths(split) if p.name in needed]
-    return _eval_batches(index, list(keys), urls, cfg, batch_size, torch.device(device))
+    return _eval_batches(index, mine, urls, cfg, batch_size, torch.device(device))
 
 
 def _eval_samples(keys: list[str], urls: list[str]) -> Iterator[tuple[str, bytes, str]]:
@@ -355,6 +383,8 @@ def _eval_batches(index: ShardsIndex, keys: list[str], urls: list[str], cfg: Aug
             raise _corrupt(index, key, err) from err
         return transform(image)
 
+    if not keys:  # this rank's part of the splits holds none of the keys
+        return
     samples = _eval_samples(keys, urls)
     start = 0
     with cf.ThreadPoolExecutor(cfg.num_threads) as pool:
