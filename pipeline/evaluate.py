@@ -41,7 +41,7 @@ def stage(args, params) -> None:
     model.to(eval_device())
     e = params.eval
     spec = eval_spec_for(meta, _cli.SHARDS / args.dataset, e.metric, e.flip, e.batch_size, e.max_rank,
-                         e.chunk_size, params.loader.num_threads)
+                         e.chunk_size, params.loader.num_threads, params.loader.backend)
     protocol = Protocol.read(_cli.MANIFESTS / f"{args.dataset}.protocol.json")
     results = {"trained": score(model, spec, protocol),
                "untrained": score(untrained_like(meta, params.engine.seed).to(eval_device()), spec, protocol)}
@@ -74,7 +74,7 @@ def cross(args, params) -> None:
                                     gallery_seed=args.gallery_seed, dataset=Path(args.root).name,
                                     test_sets=args.test_sets, check_images=True)
         spec = eval_spec_for(meta, Path(tmp), e.metric, e.flip, e.batch_size, e.max_rank, e.chunk_size,
-                             params.loader.num_threads)
+                             params.loader.num_threads, params.loader.backend)
         result = score(model, spec, protocol)
     out = Path(args.out)
     write_reports({"trained": result}, out / "metrics.json", out, title=f"CMC: {args.model} on {args.root}")

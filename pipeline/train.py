@@ -43,7 +43,7 @@ def main() -> None:
     val = params.validation
     validate = periodic_validator(EvalSpec(spec.shards_dir, ds.image_size, params.loader.mean, params.loader.std,
                                            metric=val.metric, flip=val.flip,
-                                           num_threads=params.loader.num_threads),
+                                           num_threads=params.loader.num_threads, backend=params.loader.backend),
                                   Protocol.read(_cli.MANIFESTS / f"{args.dataset}.protocol.json"),
                                   val.period, params.optim.epochs)
     try:

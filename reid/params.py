@@ -131,7 +131,8 @@ class LoaderParams(_Section):
     brightness/contrast/saturation strength; ``dtype`` the images' dtype; ``on_corrupt`` what to
     do with an undecodable training JPEG (``error`` or ``skip``: replace and count);
     ``source_workers`` the processes reading shards for DALI (0: the main thread; the batches
-    are the same for any count).
+    are the same for any count); ``backend`` ``dali`` or ``torch`` (the PyTorch reference path,
+    for machines without DALI).
     """
 
     num_threads: int = Field(gt=0)
@@ -148,6 +149,7 @@ class LoaderParams(_Section):
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     on_corrupt: Literal["error", "skip"] = "error"
     source_workers: int = Field(default=0, ge=0)
+    backend: Literal["dali", "torch"] = "dali"
 
     @model_validator(mode="after")
     def _ranges(self) -> "LoaderParams":

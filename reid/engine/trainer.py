@@ -18,7 +18,7 @@ from typing import Callable, Optional
 import torch
 from tqdm import tqdm
 
-from reid.data.loaders.dali import AugmentConfig, DaliTrainLoader
+from reid.data.loaders import AugmentConfig, train_loader
 from reid.data.manifest import contiguous_labels
 from reid.data.samplers import PKSampler
 from reid.data.shards import ShardsIndex
@@ -175,9 +175,9 @@ def train(spec: TrainSpec, resume: bool = False,
 
     for epoch in range(start_epoch, end_epoch):
         sampler.load_state_dict({**sampler.state_dict(), "epoch": epoch, "step": 0})
-        loader = DaliTrainLoader(index, keys, pid_map, sampler, spec.augment(),
-                                 seed=_pipeline_seed(spec.engine.seed, epoch, dist.rank), device=dist.device,
-                                 source_workers=spec.loader.source_workers)
+        loader = train_loader(spec.loader.backend, index, keys, pid_map, sampler, spec.augment(),
+                              seed=_pipeline_seed(spec.engine.seed, epoch, dist.rank), device=dist.device,
+                              source_workers=spec.loader.source_workers)
         engine.train()
         sums: dict[str, float] = {}
         t0 = time.perf_counter()

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from reid.data.loaders.dali import AugmentConfig, iterate_eval
+from reid.data.loaders import AugmentConfig, iterate_eval
 from reid.data.protocols import GALLERY_CAMID, QUERY_CAMID, Protocol, ProtocolError
 from reid.data.shards import ShardsIndex
 from reid.evaluation.features import extract_features
@@ -30,7 +30,8 @@ class EvalSpec:
         batch_size: images per forward pass.
         max_rank: CMC length.
         chunk_size: queries per distance chunk in :func:`rank_metrics`.
-        num_threads: DALI CPU threads.
+        num_threads: DALI CPU threads / DataLoader decode threads.
+        backend: loader backend, ``dali`` or ``torch`` (see ``reid.data.loaders``).
     """
 
     shards_dir: Path
@@ -43,6 +44,7 @@ class EvalSpec:
     max_rank: int = 50
     chunk_size: int = 256
     num_threads: int = 2
+    backend: str = "dali"
 
 
 METRICS = ("rank1", "rank5", "rank10", "mAP", "mINP")
@@ -98,7 +100,7 @@ def score(model: torch.nn.Module, spec: EvalSpec, protocol: Protocol) -> dict[st
     splits = ("query", "gallery") if protocol.kind == "fixed" else ("test",)
     keys = [k for split in splits for k in index.keys(split)]
     device = next(model.parameters()).device
-    f = extract_features(model, iterate_eval(index, keys, cfg, spec.batch_size, device), spec.flip)
+    f = extract_features(model, iterate_eval(spec.backend, index, keys, cfg, spec.batch_size, device), spec.flip)
     pos = {k: i for i, k in enumerate(f.keys)}
     per_set: dict[str, list[dict]] = {}
     for rnd in protocol.rounds(index.keys):
@@ -150,11 +152,11 @@ def flat_metrics(sets: dict[str, dict], prefix: str = "") -> dict[str, float]:
 
 
 def eval_spec_for(meta: dict, shards_dir: Path, metric: str, flip: bool, batch_size: int,
-                  max_rank: int, chunk_size: int, num_threads: int = 2) -> EvalSpec:
+                  max_rank: int, chunk_size: int, num_threads: int = 2, backend: str = "dali") -> EvalSpec:
     """An :class:`EvalSpec` whose input transform is the one the model was trained with (``meta``)."""
     return EvalSpec(shards_dir=Path(shards_dir), image_size=tuple(meta["image_size"]), mean=tuple(meta["mean"]),
                     std=tuple(meta["std"]), metric=metric, flip=flip, batch_size=batch_size,
-                    max_rank=max_rank, chunk_size=chunk_size, num_threads=num_threads)
+                    max_rank=max_rank, chunk_size=chunk_size, num_threads=num_threads, backend=backend)
 
 
 def untrained_like(meta: dict, seed: int) -> torch.nn.Module:

@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 
@@ -21,9 +22,13 @@ def _ok(proc):
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
-def test_resume_equals_uninterrupted(tiny_shards):
+@pytest.mark.parametrize("backend", ["dali", "torch"])
+def test_resume_equals_uninterrupted(tiny_shards, backend):
     params = tiny_params(tiny_shards, epochs=2)
-    full, split = tiny_shards / "full", tiny_shards / "split"
+    raw = yaml.safe_load(params.read_text())
+    raw["loader"].update(backend=backend, erase_prob=0.5)  # the torch path trains too, augmentations on
+    params.write_text(yaml.safe_dump(raw))
+    full, split = tiny_shards / f"full-{backend}", tiny_shards / f"split-{backend}"
     _ok(_run(params, full, "full"))
     _ok(_run(params, split, "stop1"))
     assert (split / "checkpoints" / "latest").read_text().strip() == "epoch-0001"
