@@ -145,11 +145,12 @@ def make_loader(path: str, ds: dict, cfg: AugmentConfig, p: int, k: int,
     args = (ds["index"], ds["keys"], ds["pid_map"], sampler, cfg)
     if path == "PyTorch":
         return TorchTrainLoader(*args, seed=1, device=device), device
-    if path == "DALI-CPU":
+    if path in ("DALI-CPU", "DALI-CPU+src1"):
         saved = dali.cuda_device_id
         dali.cuda_device_id = lambda: None  # CPU decode even on a GPU machine
-        try:
-            return dali.DaliTrainLoader(*args, seed=1, device=device), device
+        try:  # "+src1": shard reads in one parallel external-source worker process
+            return dali.DaliTrainLoader(*args, seed=1, device=device,
+                                        source_workers=1 if path.endswith("src1") else 0), device
         finally:
             dali.cuda_device_id = saved
     if path == "DALI-GPU":
@@ -304,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     cuda = torch.cuda.is_available()
 
     data = make_datasets(args.workdir, args.person_ids, args.vehicle_ids)
-    paths = ["DALI-CPU", "PyTorch"] + (["DALI-GPU"] if cuda else [])
+    paths = ["DALI-CPU", "DALI-CPU+src1", "PyTorch"] + (["DALI-GPU"] if cuda else [])
     throughput: dict[str, dict[str, list[float]]] = {}
     for name, ds in data.items():
         cfg = AugmentConfig(image_size=ds["size"], mean=MEAN, std=STD, flip_prob=0.5, pad=10, erase_prob=0.5,
