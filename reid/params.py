@@ -115,10 +115,22 @@ class ShardParams(_Section):
 
 
 class SamplerParams(_Section):
-    """``sampler``: P identities x K images per identity per batch (per rank)."""
+    """``sampler``: how training batches are drawn (per rank), see ``reid.data.samplers``.
 
+    ``kind: pk``: ``p`` identities x ``k`` images each. ``kind: hierarchical`` (TAMR's multi-grain
+    ranking loss): ``m`` vehicle models x ``v`` vehicles per model x ``k`` images per vehicle, with
+    ``shortfall`` (``drop`` or ``replace``) for models with fewer than ``v`` vehicles and vehicles
+    with fewer than ``k`` images. ``cross_camera``: draw an identity's images from as many cameras
+    as possible.
+    """
+
+    kind: Literal["pk", "hierarchical"] = "pk"
     p: int = Field(gt=0)
     k: int = Field(gt=0)
+    m: int = Field(default=4, gt=0)
+    v: int = Field(default=3, gt=0)
+    shortfall: Literal["drop", "replace"] = "drop"
+    cross_camera: bool = False
 
 
 class LoaderParams(_Section):
@@ -179,8 +191,26 @@ class TripletParams(_Section):
     margin: float = Field(ge=0)
 
 
+class LossTerm(BaseModel):
+    """``loss.<name>`` of a loss without a typed section: ``weight`` plus the loss's own keyword
+    arguments, checked against the loss's constructor when training builds it (an unknown key is
+    an error there, naming ``loss.<name>.<key>``)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    weight: float = Field(ge=0)
+
+
 class LossParams(_Section):
-    """``loss``: weights and hyper-parameters of each loss a model may declare."""
+    """``loss``: weight and hyper-parameters of each loss a model may declare (``model.losses``).
+
+    ``ce`` and ``triplet`` are typed here; every other section (``loss.mgr``, ``loss.part_ce``,
+    ...) is a :class:`LossTerm` named after a loss of ``reid.losses``. The engine builds only the
+    losses the model declares, weighted by ``weight``; a model never sees its weights.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    __pydantic_extra__: dict[str, LossTerm]
 
     ce: CEParams
     triplet: TripletParams

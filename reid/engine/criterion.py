@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Mapping
+import inspect
+from typing import Any, Mapping
 
 import torch
 
 from reid.losses import build_loss
+from reid.losses.registry import loss_factory
 
 
 class Criterion:
@@ -14,23 +16,31 @@ class Criterion:
 
     Args:
         names: the loss names the model declares, e.g. ``("ce", "triplet")``.
-        settings: per loss name, a mapping with ``weight`` and the loss's own keyword arguments
-            (e.g. ``{"weight": 1.0, "epsilon": 0.1}``).
-        extra_kwargs: per loss name, arguments known only at run time (``num_classes`` for ce).
+        settings: per loss name (``params.loss``), a mapping with ``weight`` and the loss's own
+            keyword arguments (e.g. ``{"weight": 1.0, "epsilon": 0.1}``).
+        runtime: values known only at run time (e.g. ``num_classes``), passed to every declared
+            loss whose constructor takes an argument of that name.
 
     Raises:
         KeyError: a declared loss has no settings (names the loss and the known settings).
+        ValueError: a setting the loss's constructor does not take (names ``loss.<name>.<key>``).
     """
 
     def __init__(self, names: tuple[str, ...], settings: Mapping[str, Mapping],
-                 extra_kwargs: Mapping[str, Mapping] | None = None):
+                 runtime: Mapping[str, Any] | None = None):
         self.terms = []
         for name in names:
             if name not in settings:
                 raise KeyError(f"model needs loss {name!r} but params.loss has only {sorted(settings)}")
             cfg = dict(settings[name])
             weight = float(cfg.pop("weight"))
-            cfg.update((extra_kwargs or {}).get(name, {}))
+            accepted = inspect.signature(loss_factory(name)).parameters
+            takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
+            unknown = [k for k in cfg if k not in accepted and not takes_any]
+            if unknown:
+                raise ValueError(f"params.yaml: loss.{name}.{unknown[0]}: not a setting of loss {name!r} "
+                                 f"(it takes {sorted(k for k in accepted if k not in (runtime or {}))})")
+            cfg.update({k: v for k, v in (runtime or {}).items() if k in accepted})
             self.terms.append((name, weight, build_loss(name, **cfg)))
 
     def __call__(self, outputs: dict, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from reid.data.loaders import AugmentConfig, train_loader
 from reid.data.manifest import contiguous_labels
-from reid.data.samplers import PKSampler
+from reid.data.samplers import HierarchicalSampler, PKSampler
 from reid.data.shards import ShardsIndex
 from reid.engine import checkpoint
 from reid.engine.criterion import Criterion
@@ -96,9 +96,30 @@ def _pipeline_seed(seed: int, epoch: int, rank: int) -> int:
     return zlib.crc32(f"{seed}/{epoch}/{rank}".encode()) & 0x7FFFFFFF
 
 
+def build_sampler(sp: SamplerParams, index: ShardsIndex, keys: list[str], labels: list[int], seed: int,
+                  rank: int, world_size: int) -> PKSampler | HierarchicalSampler:
+    """The training batch sampler ``sp.kind`` selects, over ``keys`` (labels = contiguous pids).
+
+    Raises:
+        ValueError: what the sampler raises (too few identities or models, ...).
+    """
+    camids = [index.labels(k)["camid"] for k in keys] if sp.cross_camera else None
+    if sp.kind == "hierarchical":
+        model_ids = [index.labels(k)["model_id"] for k in keys]
+        return HierarchicalSampler(labels, model_ids, sp.m, sp.v, sp.k, seed=seed, rank=rank, world_size=world_size,
+                                   shortfall=sp.shortfall, camids=camids, cross_camera=sp.cross_camera)
+    return PKSampler(labels, sp.p, sp.k, seed=seed, rank=rank, world_size=world_size, camids=camids,
+                     cross_camera=sp.cross_camera)
+
+
+def batch_size(sp: SamplerParams) -> int:
+    """Images per batch per rank: ``p * k`` or ``m * v * k``."""
+    return sp.m * sp.v * sp.k if sp.kind == "hierarchical" else sp.p * sp.k
+
+
 def _deepspeed_config(spec: TrainSpec) -> dict:
     return {
-        "train_micro_batch_size_per_gpu": spec.sampler.p * spec.sampler.k,
+        "train_micro_batch_size_per_gpu": batch_size(spec.sampler),
         "gradient_accumulation_steps": 1,
         "gradient_clipping": spec.optim.grad_clip,
         "zero_optimization": {"stage": spec.engine.zero_stage},
@@ -153,13 +174,12 @@ def train(spec: TrainSpec, resume: bool = False,
     pid_map = contiguous_labels(pids)
     labels = [pid_map[p] for p in pids]
     num_classes = len(pid_map)
-    sampler = PKSampler(labels, spec.sampler.p, spec.sampler.k, seed=spec.engine.seed,
-                        rank=dist.rank, world_size=dist.world_size)
+    sampler = build_sampler(spec.sampler, index, keys, labels, spec.engine.seed, dist.rank, dist.world_size)
     steps = sampler.steps_per_epoch
 
     torch.manual_seed(spec.engine.seed)
     model = build(spec.model.name, num_classes, **spec.model.kwargs)
-    criterion = Criterion(model.losses, spec.loss.model_dump(), {"ce": {"num_classes": num_classes}})
+    criterion = Criterion(model.losses, spec.loss.model_dump(), {"num_classes": num_classes})
     optimizer = _optimizer(model, spec.optim)
     scheduler = build_scheduler(optimizer, steps, spec.optim.warmup_epochs, spec.optim.warmup_factor,
                                 spec.optim.milestones, spec.optim.gamma)

@@ -14,7 +14,7 @@ from torch import nn
 from reid.losses.cross_entropy import CrossEntropyLabelSmooth
 from reid.losses.triplet import TripletLoss
 
-__all__ = ["available_losses", "build_loss", "register_loss"]
+__all__ = ["available_losses", "build_loss", "loss_factory", "register_loss"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -49,6 +49,18 @@ def available_losses() -> list[str]:
     return sorted(_LOSSES)
 
 
+def loss_factory(name: str) -> Callable[..., nn.Module]:
+    """The class/factory registered as ``name``.
+
+    Raises:
+        KeyError: unknown ``name``; the message lists the available names.
+    """
+    try:
+        return _LOSSES[name]
+    except KeyError:
+        raise KeyError(f"unknown loss {name!r}; available: {', '.join(available_losses())}") from None
+
+
 def build_loss(name: str, **kwargs: Any) -> nn.Module:
     """Instantiate the loss registered as ``name`` with ``kwargs``.
 
@@ -58,8 +70,4 @@ def build_loss(name: str, **kwargs: Any) -> nn.Module:
     Raises:
         KeyError: unknown ``name``; the message lists the available names.
     """
-    try:
-        factory = _LOSSES[name]
-    except KeyError:
-        raise KeyError(f"unknown loss {name!r}; available: {', '.join(available_losses())}") from None
-    return factory(**kwargs)
+    return loss_factory(name)(**kwargs)

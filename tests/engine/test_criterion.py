@@ -10,7 +10,7 @@ def test_weighted_sum_of_declared_losses():
     outputs = {"logits": torch.randn(8, 4), "feat": torch.randn(8, 16)}
     batch = {"pids": torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])}
     settings = {"ce": {"weight": 0.5, "epsilon": 0.1}, "triplet": {"weight": 2.0, "margin": 0.3}}
-    crit = Criterion(("ce", "triplet"), settings, {"ce": {"num_classes": 4}})
+    crit = Criterion(("ce", "triplet"), settings, {"num_classes": 4})
     total, logs = crit(outputs, batch)
     ce, _ = build_loss("ce", num_classes=4, epsilon=0.1)(outputs, batch)
     tri, _ = build_loss("triplet", margin=0.3)(outputs, batch)
@@ -23,3 +23,9 @@ def test_weighted_sum_of_declared_losses():
 def test_missing_loss_settings_is_named():
     with pytest.raises(KeyError, match="triplet"):
         Criterion(("triplet",), {"ce": {"weight": 1.0, "epsilon": 0.1}})
+
+
+def test_unknown_loss_setting_names_the_key():
+    settings = {"triplet": {"weight": 1.0, "margin": 0.3, "marign": 0.2}}
+    with pytest.raises(ValueError, match=r"loss\.triplet\.marign"):
+        Criterion(("triplet",), settings, {"num_classes": 4})
