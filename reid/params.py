@@ -175,10 +175,16 @@ class LoaderParams(_Section):
 
 
 class ModelParams(_Section):
-    """``model``: registry name and constructor keyword arguments."""
+    """``model``: the registry ``name`` of the model to train, and ``kwargs``: constructor keyword
+    arguments per model name (``kwargs.<name>``), so ``dvc exp run -S model.name=<name>`` switches
+    models without touching anything else; a model without an entry gets its paper defaults."""
 
     name: str
-    kwargs: dict = Field(default_factory=dict)
+    kwargs: dict[str, dict] = Field(default_factory=dict)
+
+    def selected_kwargs(self) -> dict:
+        """The keyword arguments of the selected model (``kwargs.<name>``, or ``{}``)."""
+        return dict(self.kwargs.get(self.name, {}))
 
 
 class CEParams(_Section):

@@ -8,6 +8,7 @@ launch; only rank 0 writes the model files and logs metrics.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import time
 import zlib
@@ -27,7 +28,7 @@ from reid.engine.criterion import Criterion
 from reid.engine.distributed import DistInfo, barrier, init_distributed
 from reid.engine.schedule import build_scheduler
 from reid.io import atomic_open, atomic_write_json
-from reid.models import build
+from reid.models import MODELS, build
 from reid.params import EngineParams, LoaderParams, LossParams, ModelParams, OptimParams, SamplerParams, flatten
 
 MODEL_WEIGHTS = "model.pt"
@@ -59,10 +60,21 @@ class TrainSpec:
         """Flat ``section.key -> value`` of every setting that changes the trained weights."""
         return flatten({
             "image_size": list(self.image_size), "sampler": self.sampler.model_dump(),
-            "loader": self.loader.model_dump(exclude={"source_workers"}), "model": self.model.model_dump(),
+            "loader": self.loader.model_dump(exclude={"source_workers"}),
+            "model": {"name": self.model.name, "kwargs": self.model_kwargs()},
             "loss": self.loss.model_dump(), "optim": self.optim.model_dump(),
             "engine": self.engine.model_dump(exclude={"log_every"}),
         })
+
+    def model_kwargs(self) -> dict:
+        """Constructor arguments of the selected model: ``model.kwargs.<name>``, plus
+        ``input_size = image_size`` for a model whose constructor takes one and is not given it
+        (e.g. APNet-S, whose relation attention is built for one feature-map size)."""
+        kwargs = self.model.selected_kwargs()
+        factory = MODELS.get(self.model.name)
+        if "input_size" in inspect.signature(factory).parameters and "input_size" not in kwargs:
+            kwargs["input_size"] = list(self.image_size)
+        return kwargs
 
     def augment(self) -> AugmentConfig:
         """The DALI training-pipeline settings."""
@@ -178,7 +190,7 @@ def train(spec: TrainSpec, resume: bool = False,
     steps = sampler.steps_per_epoch
 
     torch.manual_seed(spec.engine.seed)
-    model = build(spec.model.name, num_classes, **spec.model.kwargs)
+    model = build(spec.model.name, num_classes, **spec.model_kwargs())
     criterion = Criterion(model.losses, spec.loss.model_dump(), {"num_classes": num_classes})
     optimizer = _optimizer(model, spec.optim)
     scheduler = build_scheduler(optimizer, steps, spec.optim.warmup_epochs, spec.optim.warmup_factor,
@@ -237,7 +249,7 @@ def train(spec: TrainSpec, resume: bool = False,
         save_model(state, out_dir, model_meta(spec, num_classes))
     barrier()
     # A plain module (DeepSpeed leaves process-group handles on engine.module, which cannot be pickled).
-    model = build(spec.model.name, num_classes, **spec.model.kwargs)
+    model = build(spec.model.name, num_classes, **spec.model_kwargs())
     model.load_state_dict(state)
     return RunResult(model=model.eval(), num_classes=num_classes, model_path=model_path, history=history)
 
@@ -257,7 +269,7 @@ def save_model(state: dict[str, torch.Tensor], out_dir: Path, meta: dict) -> Non
 
 def model_meta(spec: TrainSpec, num_classes: int) -> dict:
     """What a loader needs to rebuild the trained model and its input transform."""
-    return {"name": spec.model.name, "kwargs": dict(spec.model.kwargs), "num_classes": num_classes,
+    return {"name": spec.model.name, "kwargs": spec.model_kwargs(), "num_classes": num_classes,
             "image_size": list(spec.image_size), "mean": list(spec.loader.mean), "std": list(spec.loader.std)}
 
 

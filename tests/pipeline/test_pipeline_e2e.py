@@ -69,7 +69,7 @@ def tiny_params() -> dict:
     p["synthetic"]["vehicle1m"].update(num_models=6, vehicles_per_model=6, images_per_vehicle=4,
                                        test_fraction=0.4, size=48, seed=0)
     p["sampler"].update(p=4, k=4)
-    p["model"] = {"name": "resnet_bnneck", "kwargs": {"depth": 18, "last_stride": 1}}
+    p["model"] = {"name": "resnet_bnneck", "kwargs": {"resnet_bnneck": {"depth": 18, "last_stride": 1}}}
     p["optim"].update(name="adam", lr=LR, epochs=EPOCHS, warmup_epochs=0, milestones=[])
     p["engine"].update(zero_stage=0, seed=0)
     p["eval"].update(max_rank=MAX_RANK)
