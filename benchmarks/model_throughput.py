@@ -40,9 +40,15 @@ from reid.models import available, build  # noqa: E402
 NUM_CLASSES = 751
 #: 4 vehicle models x 3 vehicles x 2 images (TAMR's batch structure); 12 ids x 2 images for the rest.
 BATCH = 24
-#: (height, width) each paper trains at; the FLOPs comparisons of the papers use the second entry.
+#: (height, width) each paper trains at (APNet's Table III FLOPs are at 224×224: see reid/models/README.md).
 INPUT_SIZE = {
     "resnet_bnneck": (256, 128),
+    "tamr": (224, 224),
+    "pan": (384, 128),
+    "sag": (160, 64),
+    "can": (748, 246),
+    "apnet_c": (256, 128),
+    "apnet_s": (256, 128),
 }
 DEFAULT_SIZE = (256, 128)
 
@@ -65,7 +71,7 @@ def count(name: str, size: tuple[int, int]) -> tuple[float, float]:
     return params, counter.get_total_flops() / 1e9
 
 
-def train_rate(name: str, size: tuple[int, int], device: torch.device, steps: int) -> float:
+def train_rate(name: str, size: tuple[int, int], device: torch.device, steps: int, batch_size: int = BATCH) -> float:
     """Training images per second over ``steps`` steps after one warm-up step."""
     torch.manual_seed(0)
     model = build(name, NUM_CLASSES).to(device).train()
@@ -74,7 +80,7 @@ def train_rate(name: str, size: tuple[int, int], device: torch.device, steps: in
     for _, _, fn in criterion.terms:
         fn.to(device)
     opt = torch.optim.Adam(model.param_groups(3.5e-4))
-    batch = _batch(BATCH, size, device)
+    batch = _batch(batch_size, size, device)
     amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
     def step() -> None:
@@ -92,13 +98,14 @@ def train_rate(name: str, size: tuple[int, int], device: torch.device, steps: in
         step()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return steps * BATCH / (time.perf_counter() - t)
+    return steps * batch_size / (time.perf_counter() - t)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=None, help="registered names (default: all)")
     ap.add_argument("--steps", type=int, default=3, help="timed training steps per model and device")
+    ap.add_argument("--batch", type=int, default=BATCH, help=f"images per training step (default {BATCH})")
     ap.add_argument("--output", type=Path, default=None, help="also write the Markdown table here")
     args = ap.parse_args(argv)
     names = args.models or available()
@@ -108,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         f"- Machine: {os.cpu_count()} CPU threads ({platform.processor() or platform.machine()}), GPU: {gpu}; "
         f"torch {torch.__version__}, {torch.get_num_threads()} torch CPU threads.",
         f"- Command: `.venv/bin/python benchmarks/model_throughput.py {' '.join(sys.argv[1:])}`".rstrip() + "; "
-        f"{NUM_CLASSES} classes, batch {BATCH}, {args.steps} timed steps after 1 warm-up.",
+        f"{NUM_CLASSES} classes, batch {args.batch}, {args.steps} timed steps after 1 warm-up.",
         "",
         "| model | input (H×W) | params (M) | GFLOPs (fwd, 1 image) | GMACs | "
         + " | ".join(f"train img/s {d.type}{' bf16' if d.type == 'cuda' else ' fp32'}" for d in devices) + " |",
@@ -117,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         size = INPUT_SIZE.get(name, DEFAULT_SIZE)
         params, gflops = count(name, size)
-        rates = [train_rate(name, size, d, args.steps) for d in devices]
+        rates = [train_rate(name, size, d, args.steps, args.batch) for d in devices]
         lines.append(f"| {name} | {size[0]}×{size[1]} | {params:.2f} | {gflops:.2f} | {gflops / 2:.2f} | "
                      + " | ".join(f"{r:.1f}" for r in rates) + " |")
         print(lines[-1], file=sys.stderr, flush=True)
