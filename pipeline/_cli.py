@@ -13,6 +13,8 @@ SHARDS = Path("shards")
 RUNS = Path("runs")
 METRICS = Path("metrics")
 PLOTS = Path("plots")
+#: The repository root (``infra/`` templates live there).
+REPO = Path(__file__).resolve().parents[1]
 
 
 def parser(description: str, dataset: bool = True) -> argparse.ArgumentParser:
@@ -29,3 +31,17 @@ def load(path: str) -> Params:
         return load_params(path)
     except ParamsError as err:
         sys.exit(str(err))
+
+
+def deepspeed_template(params: Params) -> dict:
+    """The DeepSpeed config template ``engine.deepspeed_config`` names (default
+    ``infra/deepspeed/zero<engine.zero_stage>.json``), read; exits with a message naming the file
+    when it is missing or not JSON."""
+    from reid.engine.deepspeed_config import load_template
+
+    name = params.engine.deepspeed_config or f"infra/deepspeed/zero{params.engine.zero_stage}.json"
+    path = Path(name) if Path(name).is_absolute() else REPO / name
+    try:
+        return load_template(path)
+    except (FileNotFoundError, ValueError) as err:
+        sys.exit(f"engine.deepspeed_config: {err}")

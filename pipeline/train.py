@@ -29,7 +29,7 @@ def main() -> None:
     out_dir = _cli.RUNS / args.dataset
     spec = TrainSpec(shards_dir=_cli.SHARDS / args.dataset, out_dir=out_dir, image_size=ds.image_size,
                      sampler=params.sampler, loader=params.loader, model=params.model, loss=params.loss,
-                     optim=params.optim, engine=params.engine)
+                     optim=params.optim, engine=params.engine, deepspeed_template=_cli.deepspeed_template(params))
     run = None
     if int(os.environ.get("RANK", "0")) == 0:
         uri = resolve_tracking_uri(params.mlflow.tracking_uri)

@@ -242,11 +242,14 @@ class OptimParams(_Section):
 
 
 class EngineParams(_Section):
-    """``engine``: DeepSpeed engine settings. ``zero_stage`` 0, 1 or 2."""
+    """``engine``: DeepSpeed engine settings. ``zero_stage`` 0, 1 or 2; ``deepspeed_config``: the
+    DeepSpeed config template (null: ``infra/deepspeed/zero<zero_stage>.json`` of this repository;
+    a relative path is relative to the repository root); its ZeRO stage must be ``zero_stage``."""
 
     zero_stage: Literal[0, 1, 2]
     seed: int = 0
     log_every: int = Field(gt=0)
+    deepspeed_config: Optional[str] = None
 
 
 class EvalParams(_Section):

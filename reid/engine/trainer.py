@@ -25,6 +25,7 @@ from reid.data.samplers import HierarchicalSampler, PKSampler
 from reid.data.shards import ShardsIndex
 from reid.engine import checkpoint
 from reid.engine.criterion import Criterion
+from reid.engine.deepspeed_config import fill_template
 from reid.engine.distributed import DistInfo, barrier, init_distributed
 from reid.engine.schedule import build_scheduler
 from reid.io import atomic_open, atomic_write_json
@@ -44,6 +45,8 @@ class TrainSpec:
         out_dir: run folder; receives ``checkpoints/``, ``model.pt`` and ``model.json``.
         image_size: network input ``(height, width)`` in px.
         sampler, loader, model, loss, optim, engine: the params sections of the same names.
+        deepspeed_template: a DeepSpeed config template (``infra/deepspeed/zero<stage>.json``, see
+            :mod:`reid.engine.deepspeed_config`); ``None``: a minimal config with only the ZeRO stage.
     """
 
     shards_dir: Path
@@ -55,6 +58,7 @@ class TrainSpec:
     loss: LossParams
     optim: OptimParams
     engine: EngineParams
+    deepspeed_template: Optional[dict] = None
 
     def training_params(self) -> dict:
         """Flat ``section.key -> value`` of every setting that changes the trained weights."""
@@ -130,15 +134,13 @@ def batch_size(sp: SamplerParams) -> int:
 
 
 def _deepspeed_config(spec: TrainSpec) -> dict:
-    return {
-        "train_micro_batch_size_per_gpu": batch_size(spec.sampler),
-        "gradient_accumulation_steps": 1,
-        "gradient_clipping": spec.optim.grad_clip,
-        "zero_optimization": {"stage": spec.engine.zero_stage},
-        "zero_allow_untested_optimizer": True,
-        "steps_per_print": 10**9,
-        "wall_clock_breakdown": False,
-    }
+    """The DeepSpeed config of a run: its template with the per-rank batch and clipping filled in."""
+    template = spec.deepspeed_template
+    if template is None:
+        template = {"zero_optimization": {"stage": spec.engine.zero_stage}, "zero_allow_untested_optimizer": True,
+                    "steps_per_print": 10**9}
+    return fill_template(template, batch_size(spec.sampler), spec.optim.grad_clip, spec.engine.zero_stage,
+                         source="the DeepSpeed template")
 
 
 def _optimizer(model: torch.nn.Module, optim: OptimParams) -> torch.optim.Optimizer:
