@@ -223,10 +223,13 @@ class LossParams(_Section):
 
 
 class OptimParams(_Section):
-    """``optim``: Adam with linear warmup then multistep decay (Bag of Tricks, Luo et al. 2019).
+    """``optim``: Adam or SGD with linear warmup, then multistep decay (Bag of Tricks, Luo et al. 2019)
+    or cosine annealing.
 
-    ``lr`` is the base learning rate; ``warmup_epochs`` ramps it linearly from
-    ``warmup_factor * lr``; at each epoch in ``milestones`` it is multiplied by ``gamma``.
+    ``lr`` is the base learning rate (each model's param groups may scale it); ``warmup_epochs``
+    ramps it linearly from ``warmup_factor * lr``; then ``schedule: multistep`` multiplies it by
+    ``gamma`` at each epoch in ``milestones``, and ``schedule: cosine`` anneals it to
+    ``min_lr_factor * lr`` at the end of the last epoch.
     """
 
     name: Literal["adam", "sgd"] = "adam"
@@ -239,6 +242,8 @@ class OptimParams(_Section):
     milestones: tuple[int, ...] = ()
     gamma: float = Field(gt=0, le=1)
     grad_clip: float = Field(ge=0)
+    schedule: Literal["multistep", "cosine"] = "multistep"
+    min_lr_factor: float = Field(default=0.0, ge=0, le=1)
 
 
 class EngineParams(_Section):

@@ -196,7 +196,8 @@ def train(spec: TrainSpec, resume: bool = False,
     criterion = Criterion(model.losses, spec.loss.model_dump(), {"num_classes": num_classes})
     optimizer = _optimizer(model, spec.optim)
     scheduler = build_scheduler(optimizer, steps, spec.optim.warmup_epochs, spec.optim.warmup_factor,
-                                spec.optim.milestones, spec.optim.gamma)
+                                spec.optim.milestones, spec.optim.gamma, kind=spec.optim.schedule,
+                                epochs=spec.optim.epochs, min_factor=spec.optim.min_lr_factor)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                            config=_deepspeed_config(spec))
     params = spec.training_params()
