@@ -31,7 +31,7 @@ LAYOUT_OPTIONS = frozenset({"check_images", "test_sets", "val"})
 
 
 def _module(name: str) -> ModuleType:
-    if not name.isidentifier() or name.startswith("_") or name == "errors":
+    if not name.isidentifier() or name.startswith("_") or name in ("errors", "rows"):
         raise ValueError(f"unknown dataset layout {name!r}")
     try:
         module = importlib.import_module(f"{__name__}.{name}")

@@ -29,8 +29,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from reid.data.layouts.errors import LayoutError, check_image, require_folders, scan_jpegs
-from reid.data.manifest import Manifest, Row, key_from_relpath
+from reid.data.layouts.errors import LayoutError, require_folders, scan_jpegs
+from reid.data.layouts.rows import add_scanned
+from reid.data.manifest import Manifest
 from reid.data.row_table import RowTable, collect
 
 DATASET = "market1501"
@@ -91,12 +92,7 @@ def fill(table: RowTable, root: str | Path, check_images: bool = True) -> None:
             if split == "query" and pid in (JUNK_PID, DISTRACTOR_PID):
                 kind = "junk" if pid == JUNK_PID else "distractor"
                 raise LayoutError(image, None, f"query image has {kind} pid {pid}; queries must be real identities")
-            relpath = f"{folder}/{image.name}"
-            key = key_from_relpath(relpath)
-            first = table.add(Row(key, relpath, pid, camid, -1, split), image, None)
-            if first is not None:
-                raise LayoutError(image, None, f"same sample key {key!r} as {root / first.row.relpath}")
-            check_image(image, None, image, check_images)
+            add_scanned(table, root, folder, image, pid, camid, split, check_images)
 
 
 def _parse_name(image: Path) -> tuple[int, int]:

@@ -17,11 +17,11 @@ vehicle, the rest are queries).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
-from reid.data.layouts.errors import LayoutError, check_image, parse_id, read_list
+from reid.data.layouts.errors import LayoutError, parse_id, read_list
+from reid.data.layouts.rows import add_listed
 from reid.data.manifest import Manifest, Row, key_from_relpath
 from reid.data.row_table import RowTable, collect
 
@@ -121,31 +121,16 @@ def fill(
     train_path = split_dir / TRAIN_LIST
     for relpath, vid, model_id, line in _read(train_path, models):
         train_vids.setdefault(vid, (train_path, line))
-        _add(table, root, Row(key_from_relpath(relpath), relpath, vid, CAMID, model_id, "train"),
-             train_path, line, check_images)
+        add_listed(table, root, Row(key_from_relpath(relpath), relpath, vid, CAMID, model_id, "train"),
+                   train_path, line, check_images)
     for name in names:
         path = split_dir / f"{name}.txt"
         for relpath, vid, model_id, line in _read(path, models):
             if vid in train_vids:
                 tpath, tline = train_vids[vid]
                 raise LayoutError(path, line, f"test vehicle {vid} is also a train vehicle (at {tpath}:{tline})")
-            _add(table, root, Row(key_from_relpath(relpath), relpath, vid, CAMID, model_id, "test", (name,)),
-                 path, line, check_images)
-
-
-def _add(table: RowTable, root: Path, row: Row, path: Path, line: int, check_images: bool) -> None:
-    """Add a listed image; a test image already added by an earlier test list joins this list
-    too. The image is checked on disk the first time it is listed."""
-    first = table.add(row, path, line)
-    if first is None:
-        check_image(path, line, os.path.join(root, row.relpath), check_images)
-        return
-    if first.row.relpath != row.relpath:
-        raise LayoutError(path, line, f"image {row.relpath} has the sample key of {first.row.relpath} "
-                                      f"(at {first.src}:{first.line})")
-    again = first if row.split == "train" else table.add_test_sets(row.relpath, row.test_sets, path, line)
-    if again is not None:
-        raise LayoutError(path, line, f"image {row.relpath} listed twice (first at line {again.line})")
+            add_listed(table, root, Row(key_from_relpath(relpath), relpath, vid, CAMID, model_id, "test", (name,)),
+                       path, line, check_images)
 
 
 def _read(list_path: Path, models: dict[int, tuple[int, Path, int]]) -> Iterator[tuple[str, int, int, int]]:

@@ -20,12 +20,12 @@ Vehicle-1M's ``test_1000`` style). Other files of the release (``attribute/color
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
-from reid.data.layouts.errors import LayoutError, check_image, parse_id, read_list
+from reid.data.layouts.errors import LayoutError, parse_id, read_list
+from reid.data.layouts.rows import add_listed
 from reid.data.manifest import Manifest, Row, key_from_relpath
 from reid.data.row_table import RowTable, collect
 
@@ -154,7 +154,7 @@ def fill(
     for relpath, vid, line in _read(train_path):
         train_vids.setdefault(vid, line)
         row = Row(key_from_relpath(relpath), relpath, vid, CAMID, models.get(vid, -1), "train")
-        _add(table, root, row, train_path, line, check_images)
+        add_listed(table, root, row, train_path, line, check_images, name=_image_name(relpath))
     for name in names:
         path = lists[name]
         for relpath, vid, line in _read(path):
@@ -169,23 +169,12 @@ def fill(
                 raise LayoutError(path, line, f"image {relpath} has vehicle id {vid} but vehicle id "
                                               f"{first.row.pid} at {first.src}:{first.line}")
             row = Row(key_from_relpath(relpath), relpath, vid, CAMID, models.get(vid, -1), "test", (name,))
-            _add(table, root, row, path, line, check_images)
+            add_listed(table, root, row, path, line, check_images, name=_image_name(relpath))
 
 
-def _add(table: RowTable, root: Path, row: Row, path: Path, line: int, check_images: bool) -> None:
-    """Add a listed image; a test image already added by an earlier test list joins this list
-    too. The image is checked on disk the first time it is listed."""
-    first = table.add(row, path, line)
-    if first is None:
-        check_image(path, line, os.path.join(root, row.relpath), check_images)
-        return
-    image = row.relpath[len(IMAGE_DIR) + 1:-len(".jpg")]
-    if first.row.relpath != row.relpath:
-        raise LayoutError(path, line, f"image {image} has the sample key of {first.row.relpath} "
-                                      f"(at {first.src}:{first.line})")
-    again = first if row.split == "train" else table.add_test_sets(row.relpath, row.test_sets, path, line)
-    if again is not None:
-        raise LayoutError(path, line, f"image {image} listed twice (first at line {again.line})")
+def _image_name(relpath: str) -> str:
+    """The list's bare image name of ``image/<name>.jpg``, as messages name it."""
+    return relpath[len(IMAGE_DIR) + 1:-len(".jpg")]
 
 
 def _read_models(path: Path) -> dict[int, int]:

@@ -26,6 +26,7 @@ import re
 from pathlib import Path
 
 from reid.data.layouts.errors import LayoutError, check_image, read_list, require_folders, scan_jpegs
+from reid.data.layouts.rows import add_scanned
 from reid.data.manifest import Manifest, Row, key_from_relpath
 from reid.data.row_table import RowTable, collect
 
@@ -116,9 +117,4 @@ def _read_names(table: RowTable, root: Path, folder: str, split: str, list_path:
 def _scan(table: RowTable, root: Path, folder: str, split: str, check_images: bool) -> None:
     for image in scan_jpegs(root / folder):
         vid, camid = _parse_name(image, None, image.name)
-        relpath = f"{folder}/{image.name}"
-        key = key_from_relpath(relpath)
-        first = table.add(Row(key, relpath, vid, camid, -1, split), image, None)
-        if first is not None:
-            raise LayoutError(image, None, f"same sample key {key!r} as {root / first.row.relpath}")
-        check_image(image, None, image, check_images)
+        add_scanned(table, root, folder, image, vid, camid, split, check_images)
