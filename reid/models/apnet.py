@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from reid.models.attention import RGASpatial, SqueezeExcitation
 from reid.models.baseline import ResNetBNNeck
+from reid.models.groups import lr_groups
 from reid.models.registry import register
 
 __all__ = ["APNetC", "APNetS", "AttentionPyramid", "split_sizes", "stage_channels", "stage_sizes"]
@@ -186,14 +187,8 @@ class _APNetBase(ResNetBNNeck):
         """Groups ``"backbone"``, ``"attention"`` (the pyramids; absent at level 0), ``"bnneck"``
         (BN weight; the frozen shift is excluded) and ``"classifier"``, all at ``base_lr`` (the
         paper uses one Adam learning rate, Sec. IV-B). Every trainable parameter appears once."""
-        groups = [("backbone", self.backbone), ("attention", self.pyramids),
-                  ("bnneck", self.bottleneck), ("classifier", self.classifier)]
-        out: list[dict[str, Any]] = []
-        for name, module in groups:
-            params = [p for p in module.parameters() if p.requires_grad]
-            if params:
-                out.append({"name": name, "params": params, "lr": base_lr})
-        return out
+        return lr_groups([("backbone", self.backbone, base_lr), ("attention", self.pyramids, base_lr),
+                          ("bnneck", self.bottleneck, base_lr), ("classifier", self.classifier, base_lr)])
 
 
 @register("apnet_c")

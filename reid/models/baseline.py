@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from reid.models.backbones import resnet
+from reid.models.groups import lr_groups
 from reid.models.registry import register
 
 __all__ = ["ResNetBNNeck"]
@@ -112,17 +113,11 @@ class ResNetBNNeck(nn.Module):
         multipliers: ``"backbone"`` (trunk), ``"bnneck"`` (BN weight; the frozen
         bias is excluded) and ``"classifier"``. Empty groups are omitted.
         """
-        groups = [
-            ("backbone", self.backbone),
-            ("bnneck", self.bottleneck),
-            ("classifier", self.classifier),
-        ]
-        out: list[dict[str, Any]] = []
-        for name, module in groups:
-            params = [p for p in module.parameters() if p.requires_grad]
-            if params:
-                out.append({"name": name, "params": params, "lr": base_lr})
-        return out
+        return lr_groups([
+            ("backbone", self.backbone, base_lr),
+            ("bnneck", self.bottleneck, base_lr),
+            ("classifier", self.classifier, base_lr),
+        ])
 
     def extra_repr(self) -> str:
         return (

@@ -35,6 +35,7 @@ from torchvision.models.segmentation.deeplabv3 import ASPP
 
 from reid.models.attention import SpatialChannelAttention
 from reid.models.backbones import resnet, set_last_stride
+from reid.models.groups import lr_groups
 from reid.models.registry import register
 
 __all__ = ["CAN", "PARSING_CLASSES", "PARTS", "ParsingNet", "load_parsing_weights"]
@@ -254,14 +255,8 @@ class CAN(nn.Module):
         """Groups ``"backbone"`` (appearance stream), ``"parsing"`` (part-level attention),
         ``"pixel_attention"`` and ``"classifier"``, all at ``base_lr`` (the paper states no
         per-module rates). Every trainable parameter appears exactly once."""
-        groups = [("backbone", self.backbone), ("parsing", self.parsing),
-                  ("pixel_attention", self.pixel_attention), ("classifier", self.classifier)]
-        out: list[dict[str, Any]] = []
-        for name, module in groups:
-            params = [p for p in module.parameters() if p.requires_grad]
-            if params:
-                out.append({"name": name, "params": params, "lr": base_lr})
-        return out
+        return lr_groups([("backbone", self.backbone, base_lr), ("parsing", self.parsing, base_lr),
+                          ("pixel_attention", self.pixel_attention, base_lr), ("classifier", self.classifier, base_lr)])
 
     def extra_repr(self) -> str:
         return (f"num_classes={self.num_classes}, depth={self.depth}, descriptor={self.descriptor!r}, "

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from reid.models.backbones import resnet
+from reid.models.groups import lr_groups
 from reid.models.registry import register
 
 __all__ = ["PAN", "PartAwareAttention", "PartFeatureLearning"]
@@ -310,20 +311,14 @@ class PAN(nn.Module):
         Empty groups (e.g. ``"pam"`` with ``pam_blocks=()``) are omitted.
         """
         head = base_lr * self.head_lr_mult
-        groups = [
+        return lr_groups([
             ("backbone", self.backbone, base_lr),
             ("plm", self.plm, head),
             ("pam", self.pam, head),
             ("embedding", self.embedding, head),
             ("bnneck", self.bottleneck, head),
             ("classifier", self.classifier, head),
-        ]
-        out: list[dict[str, Any]] = []
-        for name, module, lr in groups:
-            params = [p for p in module.parameters() if p.requires_grad]
-            if params:
-                out.append({"name": name, "params": params, "lr": lr})
-        return out
+        ])
 
     def extra_repr(self) -> str:
         return (

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from reid.models.backbones import resnet
+from reid.models.groups import lr_groups
 from reid.models.registry import register
 
 __all__ = ["SAG", "SelfAttentionGrid"]
@@ -163,15 +164,11 @@ class SAG(nn.Module):
     def param_groups(self, base_lr: float) -> list[dict[str, Any]]:
         """``"backbone"`` and ``"sag"`` at ``base_lr`` (paper: 0.01 for the "upper layers"),
         ``"classifier"`` at ``head_lr_mult * base_lr`` (paper: 0.1 for the fully connected layer)."""
-        groups = [
+        return lr_groups([
             ("backbone", self.backbone, base_lr),
             ("sag", self.sag, base_lr),
             ("classifier", self.classifier, base_lr * self.head_lr_mult),
-        ]
-        return [
-            {"name": n, "params": [p for p in m.parameters() if p.requires_grad], "lr": lr}
-            for n, m, lr in groups
-        ]
+        ])
 
     def extra_repr(self) -> str:
         return (

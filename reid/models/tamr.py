@@ -31,6 +31,7 @@ from torchvision.models.resnet import BasicBlock
 
 from reid.losses.localization import PART_NAMES, PRIOR_AREAS, PRIOR_CENTERS, PRIOR_RATIOS, prior_theta
 from reid.models.backbones import resnet
+from reid.models.groups import lr_groups
 from reid.models.registry import register
 
 __all__ = ["TAMR", "PartLocalizer", "ResidualAttentionModule", "residual_attention", "sample_part", "theta_to_affine"]
@@ -341,19 +342,13 @@ class TAMR(nn.Module):
         ``"parts"`` (the two part branches), ``"fusion"`` (NIN) and ``"classifier"`` (both ID
         classifiers) at ``base_lr``. Empty groups are omitted.
         """
-        groups = [
+        return lr_groups([
             ("localization", self.localizers, base_lr * self.loc_lr_mult),
             ("global", self.global_branch, base_lr),
             ("parts", self.part_branches, base_lr),
             ("fusion", self.fusion, base_lr),
             ("classifier", nn.ModuleList([self.classifier, self.part_classifier]), base_lr),
-        ]
-        out: list[dict[str, Any]] = []
-        for name, module, lr in groups:
-            params = [p for p in module.parameters() if p.requires_grad]
-            if params:
-                out.append({"name": name, "params": params, "lr": lr})
-        return out
+        ])
 
     def extra_repr(self) -> str:
         return (
