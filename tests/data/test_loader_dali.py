@@ -9,28 +9,18 @@ PIL (libjpeg-turbo, like DALI's CPU decoder).
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from reid.data import layouts
-from reid.data.loaders import dali
 from reid.data.loaders.dali import AugmentConfig, DaliTrainLoader, iterate_eval
 from reid.data.manifest import contiguous_labels
 from reid.data.samplers import PKSampler
 from reid.data.shards import ShardsError, ShardsIndex, write_shards
-from reid.data.synthetic import MSMT17SynthConfig, write_msmt17
-
-SIZE = (40, 24)  # (H, W) output: a different scale per axis (64->40, 32->24), so H/W mix-ups show
-MEAN = (123.675, 116.28, 103.53)
-STD = (58.395, 57.12, 57.375)
-P, K = 3, 2  # 8 train ids -> 2 steps per epoch; 5 batches cross two epoch boundaries
-SAMPLER_SEED = 7
-N_BATCHES = 5
-CPU = torch.device("cpu")
+from tests.data.loader_common import (CPU, EXACT, K, N_BATCHES, P, SIZE, cpu_pipelines, dali_batches,  # noqa: F401
+                                      dataset, loader_cfg, pk_sampler, synth, to_255)
 
 # Tolerance against the PIL reference, on the 0-255 scale. Both sides decode with libjpeg-turbo
 # (at the source size, 64x32, DALI and PIL agree exactly), and PIL's BILINEAR resize with
@@ -40,63 +30,15 @@ CPU = torch.device("cpu")
 # (>= 6.4), swapped channels (>= 18) or a wrong normalisation are all far outside.
 REF_MEAN_TOL = 1.0
 REF_MAX_TOL = 12.0
-EXACT = 1e-3  # same decoder and ops on both sides: only float rounding of the (un)normalisation
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _cpu_pipelines():
-    """Run every DALI pipeline of this module on the CPU decoder, GPU or not."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(dali, "cuda_device_id", lambda: None)
-        yield
 
 
 @pytest.fixture(scope="module")
 def ds(tmp_path_factory: pytest.TempPathFactory) -> dict:
     base = tmp_path_factory.mktemp("dali_loader")
-    cfg = MSMT17SynthConfig(num_train_ids=8, num_test_ids=4, num_cameras=2, images_per_id_camera=2,
-                            val_every=0, height=64, width=32)
-    root = write_msmt17(base, cfg)
-    manifest = layouts.parse("msmt17", root)
+    root, manifest = synth(base)
     # 20 KiB shards: several tars per split, so reads cross shard files
     write_shards(manifest, root, base / "shards", 20480)
-    index = ShardsIndex.load(base / "shards")
-    keys = index.keys("train")
-    raw = [index.labels(k)["pid"] for k in keys]
-    # A contiguous but *reversed* map (not the identity of 0..7), so a loader that forgot the
-    # map would give wrong pids.
-    fwd = contiguous_labels(raw)
-    pid_map = {pid: len(fwd) - 1 - label for pid, label in fwd.items()}
-    assert any(pid_map[p] != p for p in raw)
-    labels = [pid_map[p] for p in raw]
-    return {"index": index, "keys": keys, "pid_map": pid_map, "labels": labels}
-
-
-def _cfg(**kw) -> AugmentConfig:
-    kw = {"flip_prob": 0.0, "pad": 0, **kw}
-    return AugmentConfig(image_size=SIZE, mean=MEAN, std=STD, **kw)
-
-
-def _sampler(ds: dict, state: dict | None = None) -> PKSampler:
-    s = PKSampler(ds["labels"], P, K, seed=SAMPLER_SEED)
-    if state is not None:
-        s.load_state_dict({**state, "seed": SAMPLER_SEED})
-    return s
-
-
-def _train_batches(ds: dict, cfg: AugmentConfig, seed: int = 1, n: int = N_BATCHES,
-                   state: dict | None = None) -> list[dict]:
-    loader = DaliTrainLoader(ds["index"], ds["keys"], ds["pid_map"], _sampler(ds, state), cfg,
-                             seed=seed, device=CPU)
-    try:
-        return [next(loader) for _ in range(n)]
-    finally:
-        loader.close()
-
-
-def _to_255(img: torch.Tensor) -> np.ndarray:
-    """A normalised CHW image back to HWC on the 0-255 scale."""
-    return img.numpy().transpose(1, 2, 0) * np.asarray(STD, np.float32) + np.asarray(MEAN, np.float32)
+    return dataset(ShardsIndex.load(base / "shards"))
 
 
 def _reference(index: ShardsIndex, key: str) -> np.ndarray:
@@ -106,14 +48,14 @@ def _reference(index: ShardsIndex, key: str) -> np.ndarray:
 
 
 def _assert_matches_reference(index: ShardsIndex, key: str, img: torch.Tensor) -> None:
-    diff = np.abs(_to_255(img) - _reference(index, key))
+    diff = np.abs(to_255(img) - _reference(index, key))
     assert diff.mean() < REF_MEAN_TOL and diff.max() < REF_MAX_TOL, (key, diff.mean(), diff.max())
 
 
 @pytest.fixture(scope="module")
 def off_batches(ds) -> list[dict]:
     """N_BATCHES training batches with augmentation off (flip 0, pad 0)."""
-    return _train_batches(ds, _cfg())
+    return dali_batches(ds, loader_cfg())
 
 
 # -- 1. Batch contract and label/image alignment -----------------------------------------------
@@ -153,8 +95,8 @@ def test_train_batches_follow_batch_contract(ds, off_batches):
 
 @pytest.mark.parametrize("state", [None, {"epoch": 3, "step": 1}])
 def test_train_sequence_equals_sampler(ds, off_batches, state):
-    batches = off_batches if state is None else _train_batches(ds, _cfg(), state=state)
-    plan = iter(_sampler(ds, state))
+    batches = off_batches if state is None else dali_batches(ds, loader_cfg(), state=state)
+    plan = iter(pk_sampler(ds, state))
     seen = []
     for batch in batches:
         idx = next(plan)
@@ -176,20 +118,20 @@ def _eval_images(index: ShardsIndex, keys: list[str], cfg: AugmentConfig, batch_
 
 def test_eval_matches_reference_and_train_path(ds, off_batches):
     index, keys = ds["index"], ds["keys"]
-    evals = _eval_images(index, keys, _cfg(), 5)
+    evals = _eval_images(index, keys, loader_cfg(), 5)
     assert list(evals) == keys
     for key in keys:
         _assert_matches_reference(index, key, evals[key])
     compared = 0
     for batch in off_batches:
         for key, img in zip(batch["keys"], batch["images"]):
-            np.testing.assert_allclose(_to_255(img), _to_255(evals[key]), atol=EXACT)
+            np.testing.assert_allclose(to_255(img), to_255(evals[key]), atol=EXACT)
             compared += 1
     assert compared == N_BATCHES * P * K
     # evaluation never augments, whatever the config says
-    aug = _eval_images(index, keys, _cfg(flip_prob=1.0, pad=4), 5)
+    aug = _eval_images(index, keys, loader_cfg(flip_prob=1.0, pad=4), 5)
     for key in keys:
-        np.testing.assert_allclose(_to_255(aug[key]), _to_255(evals[key]), atol=EXACT)
+        np.testing.assert_allclose(to_255(aug[key]), to_255(evals[key]), atol=EXACT)
 
 
 @pytest.mark.parametrize("split,batch_size,sizes", [
@@ -201,7 +143,7 @@ def test_eval_matches_reference_and_train_path(ds, off_batches):
 def test_iterate_eval_yields_every_key_once_in_order(ds, split, batch_size, sizes):
     index = ds["index"]
     keys = index.keys(split)
-    batches = list(iterate_eval(index, keys, _cfg(), batch_size, CPU))
+    batches = list(iterate_eval(index, keys, loader_cfg(), batch_size, CPU))
     assert [len(b["keys"]) for b in batches] == sizes
     assert [k for b in batches for k in b["keys"]] == keys
     for batch in batches:
@@ -220,22 +162,22 @@ def test_iterate_eval_yields_every_key_once_in_order(ds, split, batch_size, size
 
 
 def test_flip_prob_one_mirrors_every_image(ds, off_batches):
-    flipped = _train_batches(ds, _cfg(flip_prob=1.0), n=2)
+    flipped = dali_batches(ds, loader_cfg(flip_prob=1.0), n=2)
     for fb, ob in zip(flipped, off_batches):
         assert fb["keys"] == ob["keys"]
         for f, o in zip(fb["images"], ob["images"]):
-            np.testing.assert_allclose(_to_255(f), _to_255(o)[:, ::-1], atol=EXACT)
+            np.testing.assert_allclose(to_255(f), to_255(o)[:, ::-1], atol=EXACT)
             # the images are not mirror-symmetric, so the check above has teeth
-            assert np.abs(_to_255(f) - _to_255(o)).mean() > 2.0
+            assert np.abs(to_255(f) - to_255(o)).mean() > 2.0
 
 
 def test_flip_prob_half_mixes_flipped_and_plain(ds, off_batches):
-    half = _train_batches(ds, _cfg(flip_prob=0.5), n=3)
+    half = dali_batches(ds, loader_cfg(flip_prob=0.5), n=3)
     kinds = []
     for hb, ob in zip(half, off_batches):
         assert hb["keys"] == ob["keys"]
         for h, o in zip(hb["images"], ob["images"]):
-            h, o = _to_255(h), _to_255(o)
+            h, o = to_255(h), to_255(o)
             if np.allclose(h, o, atol=EXACT):
                 kinds.append("plain")
             else:
@@ -259,9 +201,9 @@ def _shift_of(img: np.ndarray, ref: np.ndarray, pad: int) -> tuple[int, int] | N
 
 def test_pad_crop_is_seeded_and_shifts_within_pad(ds, off_batches):
     pad = 3
-    a = _train_batches(ds, _cfg(pad=pad), seed=11, n=3)
-    b = _train_batches(ds, _cfg(pad=pad), seed=11, n=3)
-    c = _train_batches(ds, _cfg(pad=pad), seed=12, n=3)
+    a = dali_batches(ds, loader_cfg(pad=pad), seed=11, n=3)
+    b = dali_batches(ds, loader_cfg(pad=pad), seed=11, n=3)
+    c = dali_batches(ds, loader_cfg(pad=pad), seed=12, n=3)
     for x, y, z in zip(a, b, c):
         assert x["keys"] == y["keys"] == z["keys"]  # the DALI seed does not touch the sampler
         assert torch.equal(x["images"], y["images"])
@@ -270,7 +212,7 @@ def test_pad_crop_is_seeded_and_shifts_within_pad(ds, off_batches):
     shifts = []
     for pb, ob in zip(a, off_batches):
         for p_img, o_img in zip(pb["images"], ob["images"]):
-            shift = _shift_of(_to_255(p_img), _to_255(o_img), pad)
+            shift = _shift_of(to_255(p_img), to_255(o_img), pad)
             assert shift is not None
             shifts.append(shift)
     assert len(set(shifts)) > 1 and any(s != (0, 0) for s in shifts)
@@ -287,15 +229,15 @@ def test_pad_crop_is_seeded_and_shifts_within_pad(ds, off_batches):
 def test_iterate_eval_rejects_bad_arguments(ds, keys, batch_size, match):
     keys = ds["index"].keys("query") if keys is None else keys
     with pytest.raises(ValueError, match=match):
-        iterate_eval(ds["index"], keys, _cfg(), batch_size, CPU)  # raises at call time, before iterating
+        iterate_eval(ds["index"], keys, loader_cfg(), batch_size, CPU)  # raises at call time, before iterating
 
 
 def test_iterate_eval_rejects_keys_out_of_shard_order(ds):
     keys = ds["index"].keys("gallery")
     with pytest.raises(ValueError, match="shard order"):
-        iterate_eval(ds["index"], keys[::-1], _cfg(), 4, CPU)
+        iterate_eval(ds["index"], keys[::-1], loader_cfg(), 4, CPU)
     with pytest.raises(ValueError, match="not in"):
-        iterate_eval(ds["index"], ["nope"], _cfg(), 4, CPU)
+        iterate_eval(ds["index"], ["nope"], loader_cfg(), 4, CPU)
 
 
 # -- 6. random erasing, colour jitter, dtype ------------------------------------------------------
@@ -303,7 +245,7 @@ def test_iterate_eval_rejects_keys_out_of_shard_order(ds):
 
 def test_random_erasing_zeroes_one_rectangle_in_the_configured_range(ds, off_batches):
     area, ratio = (0.1, 0.3), (0.5, 2.0)
-    erased = _train_batches(ds, _cfg(erase_prob=1.0, erase_area=area, erase_ratio=ratio), n=2)
+    erased = dali_batches(ds, loader_cfg(erase_prob=1.0, erase_area=area, erase_ratio=ratio), n=2)
     h, w = SIZE
     for eb, ob in zip(erased, off_batches):
         assert eb["keys"] == ob["keys"]
@@ -320,13 +262,13 @@ def test_random_erasing_zeroes_one_rectangle_in_the_configured_range(ds, off_bat
             slack = (h + w + 1) / (h * w)
             assert area[0] - slack <= frac <= area[1] + slack, frac
             assert (e[:, ~torch.from_numpy(changed)] == o[:, ~torch.from_numpy(changed)]).all()
-    off = _train_batches(ds, _cfg(erase_prob=0.0), n=1)
+    off = dali_batches(ds, loader_cfg(erase_prob=0.0), n=1)
     assert torch.equal(off[0]["images"], off_batches[0]["images"])
 
 
 def test_colour_jitter_changes_pixels_deterministically(ds, off_batches):
-    a = _train_batches(ds, _cfg(color_jitter=0.4), seed=5, n=2)
-    b = _train_batches(ds, _cfg(color_jitter=0.4), seed=5, n=2)
+    a = dali_batches(ds, loader_cfg(color_jitter=0.4), seed=5, n=2)
+    b = dali_batches(ds, loader_cfg(color_jitter=0.4), seed=5, n=2)
     for x, y, o in zip(a, b, off_batches):
         assert torch.equal(x["images"], y["images"])
         assert (x["images"] - o["images"]).abs().mean() > 0.05
@@ -334,10 +276,10 @@ def test_colour_jitter_changes_pixels_deterministically(ds, off_batches):
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_output_dtype(ds, off_batches, dtype):
-    (batch,) = _train_batches(ds, _cfg(dtype=dtype), n=1)
+    (batch,) = dali_batches(ds, loader_cfg(dtype=dtype), n=1)
     assert batch["images"].dtype == getattr(torch, dtype)
     torch.testing.assert_close(batch["images"].float(), off_batches[0]["images"], atol=0.05, rtol=0.01)
-    (ev,) = list(iterate_eval(ds["index"], ds["index"].keys("query")[:2], _cfg(dtype=dtype), 2, CPU))
+    (ev,) = list(iterate_eval(ds["index"], ds["index"].keys("query")[:2], loader_cfg(dtype=dtype), 2, CPU))
     assert ev["images"].dtype == getattr(torch, dtype)
 
 
@@ -345,9 +287,9 @@ def test_output_dtype(ds, off_batches, dtype):
 
 
 def test_parallel_source_workers_give_the_same_batches(ds):
-    cfg = _cfg(flip_prob=0.5, pad=2, erase_prob=0.5)
-    serial = _train_batches(ds, cfg, seed=3, n=3)
-    loader = DaliTrainLoader(ds["index"], ds["keys"], ds["pid_map"], _sampler(ds), cfg, seed=3, device=CPU,
+    cfg = loader_cfg(flip_prob=0.5, pad=2, erase_prob=0.5)
+    serial = dali_batches(ds, cfg, seed=3, n=3)
+    loader = DaliTrainLoader(ds["index"], ds["keys"], ds["pid_map"], pk_sampler(ds), cfg, seed=3, device=CPU,
                              source_workers=2)
     try:
         parallel = [next(loader) for _ in range(3)]
@@ -362,8 +304,8 @@ def test_parallel_source_workers_give_the_same_batches(ds):
 def test_sharded_evaluation_covers_every_key_once_in_rank_order(ds, world_size):
     index = ds["index"]
     keys = index.keys("query") + index.keys("gallery")
-    whole = _eval_images(index, keys, _cfg(), 4)
-    parts = [[k for b in iterate_eval(index, keys, _cfg(), 4, CPU, rank=r, world_size=world_size)
+    whole = _eval_images(index, keys, loader_cfg(), 4)
+    parts = [[k for b in iterate_eval(index, keys, loader_cfg(), 4, CPU, rank=r, world_size=world_size)
               for k in b["keys"]] for r in range(world_size)]
     assert [k for part in parts for k in part] == keys == list(whole)
     assert all(parts)
@@ -377,10 +319,7 @@ def test_sharded_evaluation_covers_every_key_once_in_rank_order(ds, world_size):
 @pytest.fixture(scope="module")
 def corrupt(tmp_path_factory: pytest.TempPathFactory) -> dict:
     base = tmp_path_factory.mktemp("dali_corrupt")
-    cfg = MSMT17SynthConfig(num_train_ids=4, num_test_ids=2, num_cameras=2, images_per_id_camera=2,
-                            val_every=0, height=64, width=32)
-    root = write_msmt17(base, cfg)
-    manifest = layouts.parse("msmt17", root, check_images=False)
+    root, manifest = synth(base, num_train_ids=4, num_test_ids=2, check_images=False)
     bad = manifest.split("train")[1]
     data = (root / bad.relpath).read_bytes()
     (root / bad.relpath).write_bytes(data[: len(data) // 2])  # truncated: what a broken copy leaves
@@ -396,7 +335,7 @@ def corrupt(tmp_path_factory: pytest.TempPathFactory) -> dict:
 def _corrupt_loader(c: dict, on_corrupt: str) -> DaliTrainLoader:
     # P=4 ids x K=2 of 4 ids with 4 images each: the corrupt image is drawn within a few batches
     sampler = PKSampler(c["labels"], 4, 4, seed=0)
-    return DaliTrainLoader(c["index"], c["keys"], c["pid_map"], sampler, _cfg(on_corrupt=on_corrupt), seed=0,
+    return DaliTrainLoader(c["index"], c["keys"], c["pid_map"], sampler, loader_cfg(on_corrupt=on_corrupt), seed=0,
                            device=CPU)
 
 

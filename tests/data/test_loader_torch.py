@@ -21,118 +21,51 @@ Parity tolerance (DALI CPU vs PyTorch, augmentation off), measured on these shar
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
-from reid.data import layouts
-from reid.data.loaders import dali
 from reid.data.loaders.config import AugmentConfig
-from reid.data.loaders.dali import DaliTrainLoader, iterate_eval
+from reid.data.loaders.dali import iterate_eval
 from reid.data.loaders.torch_ref import TorchTrainLoader, iterate_eval_torch
 from reid.data.manifest import contiguous_labels
 from reid.data.samplers import PKSampler
 from reid.data.shards import ShardsError, ShardsIndex, write_shards
-from reid.data.synthetic import MSMT17SynthConfig, write_msmt17
-
-SIZE = (40, 24)  # (H, W) output: a different scale per axis (64->40, 32->24), so H/W mix-ups show
-SOURCE = (64, 32)  # the JPEGs' own size: no resize, decoders compared alone
-MEAN = (123.675, 116.28, 103.53)
-STD = (58.395, 57.12, 57.375)
-P, K = 3, 2  # 8 train ids -> 2 steps per epoch; 5 batches cross two epoch boundaries
-SAMPLER_SEED = 7
-N_BATCHES = 5
-CPU = torch.device("cpu")
+from tests.data.loader_common import (CPU, EXACT, K, N_BATCHES, P, SAMPLER_SEED, SIZE, SOURCE,  # noqa: F401
+                                      cpu_pipelines, dali_batches, dataset, loader_cfg, pk_sampler, synth,
+                                      take, to_255)
 
 # torchvision 0.29 deprecates its image decoders in favour of TorchCodec (warned on every call)
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities:DeprecationWarning")
 
 PARITY_MEAN_TOL = 0.6  # per-image mean |DALI - torch| on the 0-255 scale (module docstring)
 PARITY_MAX_TOL = 12.0  # any pixel
-EXACT = 1e-3  # same decoder and ops on both sides: only float rounding of the (un)normalisation
 AUG = {"flip_prob": 0.5, "pad": 3, "erase_prob": 0.5, "color_jitter": 0.2}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _cpu_pipelines():
-    """Run every DALI pipeline of this module on the CPU decoder, GPU or not."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(dali, "cuda_device_id", lambda: None)
-        yield
-
-
-def _synth(base: Path):
-    cfg = MSMT17SynthConfig(num_train_ids=8, num_test_ids=4, num_cameras=2, images_per_id_camera=2,
-                            val_every=0, height=SOURCE[0], width=SOURCE[1])
-    root = write_msmt17(base, cfg)
-    return root, layouts.parse("msmt17", root)
-
-
-def _dataset(index: ShardsIndex) -> dict:
-    keys = index.keys("train")
-    raw = [index.labels(k)["pid"] for k in keys]
-    # A contiguous but *reversed* map, so a loader that forgot the map would give wrong pids.
-    fwd = contiguous_labels(raw)
-    pid_map = {pid: len(fwd) - 1 - label for pid, label in fwd.items()}
-    return {"index": index, "keys": keys, "pid_map": pid_map, "labels": [pid_map[p] for p in raw]}
 
 
 @pytest.fixture(scope="module")
 def ds(tmp_path_factory: pytest.TempPathFactory) -> dict:
     base = tmp_path_factory.mktemp("torch_loader")
-    root, manifest = _synth(base)
+    root, manifest = synth(base)
     write_shards(manifest, root, base / "shards", 20480)  # several tars per split
-    return _dataset(ShardsIndex.load(base / "shards"))
-
-
-def _cfg(**kw) -> AugmentConfig:
-    kw = {"flip_prob": 0.0, "pad": 0, "image_size": SIZE, **kw}
-    return AugmentConfig(mean=MEAN, std=STD, **kw)
-
-
-def _sampler(ds: dict, state: dict | None = None) -> PKSampler:
-    s = PKSampler(ds["labels"], P, K, seed=SAMPLER_SEED)
-    if state is not None:
-        s.load_state_dict({**state, "seed": SAMPLER_SEED})
-    return s
+    return dataset(ShardsIndex.load(base / "shards"))
 
 
 def _torch_batches(ds: dict, cfg: AugmentConfig, seed: int = 1, n: int = N_BATCHES, workers: int = 0,
                    state: dict | None = None) -> list[dict]:
-    loader = TorchTrainLoader(ds["index"], ds["keys"], ds["pid_map"], _sampler(ds, state), cfg,
-                              seed=seed, device=CPU, num_workers=workers)
-    try:
-        return [next(loader) for _ in range(n)]
-    finally:
-        loader.close()
-
-
-def _dali_batches(ds: dict, cfg: AugmentConfig, seed: int = 1, n: int = N_BATCHES,
-                  state: dict | None = None) -> list[dict]:
-    loader = DaliTrainLoader(ds["index"], ds["keys"], ds["pid_map"], _sampler(ds, state), cfg,
-                             seed=seed, device=CPU)
-    try:
-        return [next(loader) for _ in range(n)]
-    finally:
-        loader.close()
-
-
-def _to_255(img: torch.Tensor) -> np.ndarray:
-    """A normalised CHW image back to HWC on the 0-255 scale."""
-    return img.float().numpy().transpose(1, 2, 0) * np.asarray(STD, np.float32) + np.asarray(MEAN, np.float32)
+    return take(TorchTrainLoader(ds["index"], ds["keys"], ds["pid_map"], pk_sampler(ds, state), cfg,
+                                 seed=seed, device=CPU, num_workers=workers), n)
 
 
 def _assert_parity(a: torch.Tensor, b: torch.Tensor, key: str) -> None:
-    diff = np.abs(_to_255(a) - _to_255(b))
+    diff = np.abs(to_255(a) - to_255(b))
     assert diff.mean() < PARITY_MEAN_TOL and diff.max() < PARITY_MAX_TOL, (key, diff.mean(), diff.max())
 
 
 @pytest.fixture(scope="module")
 def off_batches(ds) -> list[dict]:
     """N_BATCHES torch training batches with augmentation off, in this process."""
-    return _torch_batches(ds, _cfg())
+    return _torch_batches(ds, loader_cfg())
 
 
 # -- 1. Batch contract and the (pid, key) sequence -----------------------------------------------
@@ -155,9 +88,9 @@ def test_train_batches_follow_batch_contract(ds, off_batches):
 
 @pytest.mark.parametrize("state", [None, {"epoch": 3, "step": 1}])
 def test_same_pid_key_sequence_as_dali_and_sampler(ds, off_batches, state):
-    torch_b = off_batches if state is None else _torch_batches(ds, _cfg(), state=state)
-    dali_b = _dali_batches(ds, _cfg(), state=state)
-    plan = iter(_sampler(ds, state))
+    torch_b = off_batches if state is None else _torch_batches(ds, loader_cfg(), state=state)
+    dali_b = dali_batches(ds, loader_cfg(), state=state)
+    plan = iter(pk_sampler(ds, state))
     for t, d in zip(torch_b, dali_b, strict=True):
         idx = next(plan)
         assert t["keys"] == d["keys"] == [ds["keys"][i] for i in idx]
@@ -166,8 +99,8 @@ def test_same_pid_key_sequence_as_dali_and_sampler(ds, off_batches, state):
 
 
 def test_sampler_is_read_not_advanced(ds):
-    sampler = _sampler(ds, {"epoch": 1, "step": 1})
-    loader = TorchTrainLoader(ds["index"], ds["keys"], ds["pid_map"], sampler, _cfg(), seed=1, device=CPU,
+    sampler = pk_sampler(ds, {"epoch": 1, "step": 1})
+    loader = TorchTrainLoader(ds["index"], ds["keys"], ds["pid_map"], sampler, loader_cfg(), seed=1, device=CPU,
                               num_workers=2)
     try:
         got = [next(loader)["keys"] for _ in range(3)]
@@ -179,7 +112,7 @@ def test_sampler_is_read_not_advanced(ds):
 
 def test_any_iterable_of_index_lists_is_a_sampler(ds):
     plan = [[0, 1, 4, 5], [2, 3, 6, 7]]
-    loader = TorchTrainLoader(ds["index"], ds["keys"], ds["pid_map"], iter(plan), _cfg(), seed=1, device=CPU,
+    loader = TorchTrainLoader(ds["index"], ds["keys"], ds["pid_map"], iter(plan), loader_cfg(), seed=1, device=CPU,
                               num_workers=0)
     try:
         assert [next(loader)["keys"] for _ in plan] == [[ds["keys"][i] for i in b] for b in plan]
@@ -190,7 +123,7 @@ def test_any_iterable_of_index_lists_is_a_sampler(ds):
 
 
 def test_augmentation_and_workers_do_not_change_the_sequence(ds, off_batches):
-    aug = _torch_batches(ds, _cfg(**AUG), seed=5, workers=2)
+    aug = _torch_batches(ds, loader_cfg(**AUG), seed=5, workers=2)
     assert [b["keys"] for b in aug] == [b["keys"] for b in off_batches]
     assert [b["pids"].tolist() for b in aug] == [b["pids"].tolist() for b in off_batches]
 
@@ -199,7 +132,7 @@ def test_augmentation_and_workers_do_not_change_the_sequence(ds, off_batches):
 
 
 def test_train_pixels_match_dali_within_decoder_tolerance(ds, off_batches):
-    dali_b = _dali_batches(ds, _cfg())
+    dali_b = dali_batches(ds, loader_cfg())
     for t, d in zip(off_batches, dali_b):
         for key, a, b in zip(t["keys"], t["images"], d["images"]):
             _assert_parity(a, b, key)
@@ -212,8 +145,8 @@ def _eval_images(fn, index: ShardsIndex, keys: list[str], cfg: AugmentConfig, ba
 def test_eval_pixels_match_dali(ds):
     index = ds["index"]
     keys = index.keys("query") + index.keys("gallery")  # as evaluation reads them: across splits
-    t = _eval_images(iterate_eval_torch, index, keys, _cfg(), 5)
-    d = _eval_images(iterate_eval, index, keys, _cfg(), 5)
+    t = _eval_images(iterate_eval_torch, index, keys, loader_cfg(), 5)
+    d = _eval_images(iterate_eval, index, keys, loader_cfg(), 5)
     assert list(t) == list(d) == keys
     for key in keys:
         _assert_parity(t[key], d[key], key)
@@ -221,19 +154,19 @@ def test_eval_pixels_match_dali(ds):
 
 def test_decoders_agree_exactly_without_resize(ds):
     index, keys = ds["index"], ds["keys"]
-    t = _eval_images(iterate_eval_torch, index, keys, _cfg(image_size=SOURCE), 8)
-    d = _eval_images(iterate_eval, index, keys, _cfg(image_size=SOURCE), 8)
+    t = _eval_images(iterate_eval_torch, index, keys, loader_cfg(image_size=SOURCE), 8)
+    d = _eval_images(iterate_eval, index, keys, loader_cfg(image_size=SOURCE), 8)
     for key in keys:
-        np.testing.assert_allclose(_to_255(t[key]), _to_255(d[key]), atol=EXACT, err_msg=key)
+        np.testing.assert_allclose(to_255(t[key]), to_255(d[key]), atol=EXACT, err_msg=key)
 
 
 def test_train_off_equals_eval(ds, off_batches):
-    evals = _eval_images(iterate_eval_torch, ds["index"], ds["keys"], _cfg(), 7)
+    evals = _eval_images(iterate_eval_torch, ds["index"], ds["keys"], loader_cfg(), 7)
     for batch in off_batches:
         for key, img in zip(batch["keys"], batch["images"]):
             assert torch.equal(img, evals[key]), key
     # evaluation never augments, whatever the config says
-    aug = _eval_images(iterate_eval_torch, ds["index"], ds["keys"], _cfg(**AUG), 7)
+    aug = _eval_images(iterate_eval_torch, ds["index"], ds["keys"], loader_cfg(**AUG), 7)
     assert all(torch.equal(aug[k], evals[k]) for k in ds["keys"])
 
 
@@ -248,7 +181,7 @@ def test_train_off_equals_eval(ds, off_batches):
 def test_iterate_eval_torch_yields_every_key_once_in_order(ds, split, batch_size, sizes):
     index = ds["index"]
     keys = index.keys(split)
-    batches = list(iterate_eval_torch(index, keys, _cfg(), batch_size, CPU))
+    batches = list(iterate_eval_torch(index, keys, loader_cfg(), batch_size, CPU))
     assert [len(b["keys"]) for b in batches] == sizes
     assert [k for b in batches for k in b["keys"]] == keys
     for batch in batches:
@@ -264,8 +197,8 @@ def test_iterate_eval_torch_yields_every_key_once_in_order(ds, split, batch_size
 def test_iterate_eval_torch_subset_in_tar_order(ds):
     index = ds["index"]
     keys = index.keys("train")[1::3]  # crosses tars, skips samples inside them
-    full = _eval_images(iterate_eval_torch, index, index.keys("train"), _cfg(), 6)
-    sub = _eval_images(iterate_eval_torch, index, keys, _cfg(), 4)
+    full = _eval_images(iterate_eval_torch, index, index.keys("train"), loader_cfg(), 6)
+    sub = _eval_images(iterate_eval_torch, index, keys, loader_cfg(), 4)
     assert list(sub) == keys
     assert all(torch.equal(sub[k], full[k]) for k in keys)
 
@@ -280,13 +213,13 @@ def test_iterate_eval_torch_subset_in_tar_order(ds):
 ])
 def test_iterate_eval_torch_rejects_bad_arguments(ds, make_keys, batch_size, match):
     with pytest.raises(ValueError, match=match):
-        iterate_eval_torch(ds["index"], make_keys(ds["index"]), _cfg(), batch_size, CPU)  # at call time
+        iterate_eval_torch(ds["index"], make_keys(ds["index"]), loader_cfg(), batch_size, CPU)  # at call time
 
 
 @pytest.mark.parametrize("rank,world_size", [(2, 2), (-1, 2), (0, 0)])
 def test_iterate_eval_torch_rejects_bad_rank(ds, rank, world_size):
     with pytest.raises(ValueError, match="rank"):
-        iterate_eval_torch(ds["index"], ds["index"].keys("query"), _cfg(), 4, CPU, rank, world_size)
+        iterate_eval_torch(ds["index"], ds["index"].keys("query"), loader_cfg(), 4, CPU, rank, world_size)
 
 
 def test_iterate_eval_torch_ranks_get_the_keys_dali_gives_them(ds):
@@ -294,8 +227,8 @@ def test_iterate_eval_torch_ranks_get_the_keys_dali_gives_them(ds):
     keys = (index.keys("query") + index.keys("gallery"))[1:]  # a subset, across splits
     parts = []
     for rank in range(3):
-        t = _eval_images(lambda *a: iterate_eval_torch(*a, rank=rank, world_size=3), index, keys, _cfg(), 4)
-        d = _eval_images(lambda *a: iterate_eval(*a, rank=rank, world_size=3), index, keys, _cfg(), 4)
+        t = _eval_images(lambda *a: iterate_eval_torch(*a, rank=rank, world_size=3), index, keys, loader_cfg(), 4)
+        d = _eval_images(lambda *a: iterate_eval(*a, rank=rank, world_size=3), index, keys, loader_cfg(), 4)
         assert list(t) == list(d)
         for key in t:
             _assert_parity(t[key], d[key], key)
@@ -308,12 +241,12 @@ def test_iterate_eval_torch_ranks_get_the_keys_dali_gives_them(ds):
 
 def test_augmented_pixels_depend_on_seed_only(ds):
     rng_before = torch.get_rng_state()
-    a = _torch_batches(ds, _cfg(**AUG), seed=11, n=3, workers=0)
+    a = _torch_batches(ds, loader_cfg(**AUG), seed=11, n=3, workers=0)
     assert torch.equal(torch.get_rng_state(), rng_before)  # the caller's global RNG is untouched
-    b = _torch_batches(ds, _cfg(**AUG), seed=11, n=3, workers=2)
+    b = _torch_batches(ds, loader_cfg(**AUG), seed=11, n=3, workers=2)
     assert b[0]["images"].shape == (P * K, 3, *SIZE)
-    c = _torch_batches(ds, _cfg(**AUG), seed=11, n=3, workers=0)  # a second run
-    d = _torch_batches(ds, _cfg(**AUG), seed=12, n=3, workers=2)
+    c = _torch_batches(ds, loader_cfg(**AUG), seed=11, n=3, workers=0)  # a second run
+    d = _torch_batches(ds, loader_cfg(**AUG), seed=12, n=3, workers=2)
     for x, y, z, w in zip(a, b, c, d):
         assert x["keys"] == y["keys"] == z["keys"] == w["keys"]
         assert torch.equal(x["images"], y["images"]) and torch.equal(x["images"], z["images"])
@@ -322,26 +255,26 @@ def test_augmented_pixels_depend_on_seed_only(ds):
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_output_dtype_is_honoured(ds, off_batches, dtype):
-    batches = _torch_batches(ds, _cfg(dtype=dtype, **AUG), n=2, workers=0)
-    ref = _torch_batches(ds, _cfg(**AUG), n=2, workers=0)
+    batches = _torch_batches(ds, loader_cfg(dtype=dtype, **AUG), n=2, workers=0)
+    ref = _torch_batches(ds, loader_cfg(**AUG), n=2, workers=0)
     for b, r in zip(batches, ref):
         assert b["images"].dtype == getattr(torch, dtype) and b["images"].shape == (P * K, 3, *SIZE)
         assert torch.equal(b["images"], r["images"].to(getattr(torch, dtype)))  # same draws, cast last
-    evals = list(iterate_eval_torch(ds["index"], ds["keys"], _cfg(dtype=dtype), 5, CPU))
+    evals = list(iterate_eval_torch(ds["index"], ds["keys"], loader_cfg(dtype=dtype), 5, CPU))
     assert all(e["images"].dtype == getattr(torch, dtype) for e in evals)
 
 
 def test_flip_prob_one_mirrors_every_image(ds, off_batches):
-    flipped = _torch_batches(ds, _cfg(flip_prob=1.0), n=2)
+    flipped = _torch_batches(ds, loader_cfg(flip_prob=1.0), n=2)
     for fb, ob in zip(flipped, off_batches):
         assert fb["keys"] == ob["keys"]
         for f, o in zip(fb["images"], ob["images"]):
             assert torch.equal(f, o.flip(-1))
-            assert np.abs(_to_255(f) - _to_255(o)).mean() > 2.0  # not mirror-symmetric: the check bites
+            assert np.abs(to_255(f) - to_255(o)).mean() > 2.0  # not mirror-symmetric: the check bites
 
 
 def test_erasing_zeroes_one_rectangle_within_the_configured_area(ds, off_batches):
-    cfg = _cfg(erase_prob=1.0)
+    cfg = loader_cfg(erase_prob=1.0)
     erased = _torch_batches(ds, cfg, n=3)
     h, w = SIZE
     lo, hi = cfg.erase_area
@@ -366,12 +299,12 @@ def test_erasing_zeroes_one_rectangle_within_the_configured_area(ds, off_batches
 
 def test_pad_crop_shifts_within_pad(ds, off_batches):
     pad = 3
-    shifted = _torch_batches(ds, _cfg(pad=pad), n=2)
+    shifted = _torch_batches(ds, loader_cfg(pad=pad), n=2)
     shifts = set()
     for pb, ob in zip(shifted, off_batches):
         for p_img, o_img in zip(pb["images"], ob["images"]):
-            ref = _to_255(o_img)
-            img = _to_255(p_img)
+            ref = to_255(o_img)
+            img = to_255(p_img)
             for dy in range(-pad, pad + 1):
                 for dx in range(-pad, pad + 1):
                     want = np.zeros_like(ref)
@@ -398,16 +331,16 @@ def corrupt(tmp_path_factory: pytest.TempPathFactory) -> dict:
     ``prepare``'s data checks would reject such a file, so the shards are written directly.
     """
     base = tmp_path_factory.mktemp("torch_loader_corrupt")
-    root, manifest = _synth(base)
+    root, manifest = synth(base)
     rows = manifest.split("train")
     raw = [r.pid for r in rows]
     fwd = contiguous_labels(raw)
-    pid_map = {pid: len(fwd) - 1 - label for pid, label in fwd.items()}  # as _dataset
+    pid_map = {pid: len(fwd) - 1 - label for pid, label in fwd.items()}  # as dataset()
     bad = PKSampler([pid_map[p] for p in raw], P, K, seed=SAMPLER_SEED).batch(0, 0)[0]
     path = root / rows[bad].relpath
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     write_shards(manifest, root, base / "shards", 20480)
-    out = _dataset(ShardsIndex.load(base / "shards"))
+    out = dataset(ShardsIndex.load(base / "shards"))
     assert out["pid_map"] == pid_map
     return {**out, "bad": rows[bad].key}
 
@@ -416,21 +349,21 @@ def corrupt(tmp_path_factory: pytest.TempPathFactory) -> dict:
 def test_corrupt_jpeg_raises_naming_shard_and_key(corrupt, workers):
     tar = corrupt["index"].location(corrupt["bad"])[0]
     with pytest.raises(ShardsError, match=rf"(?s){tar}.*{corrupt['bad']}"):
-        _torch_batches(corrupt, _cfg(), n=1, workers=workers)
+        _torch_batches(corrupt, loader_cfg(), n=1, workers=workers)
     with pytest.raises(ShardsError, match=rf"(?s){tar}.*{corrupt['bad']}"):
-        list(iterate_eval_torch(corrupt["index"], corrupt["keys"], _cfg(), 8, CPU))
+        list(iterate_eval_torch(corrupt["index"], corrupt["keys"], loader_cfg(), 8, CPU))
 
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_corrupt_jpeg_skipped_with_next_image_of_same_identity(corrupt, workers):
     keys, bad = corrupt["keys"], corrupt["bad"]
-    loader = TorchTrainLoader(corrupt["index"], keys, corrupt["pid_map"], _sampler(corrupt),
-                              _cfg(on_corrupt="skip"), seed=1, device=CPU, num_workers=workers)
+    loader = TorchTrainLoader(corrupt["index"], keys, corrupt["pid_map"], pk_sampler(corrupt),
+                              loader_cfg(on_corrupt="skip"), seed=1, device=CPU, num_workers=workers)
     try:
         batches = [next(loader) for _ in range(N_BATCHES)]
     finally:
         loader.close()
-    planned = [[keys[i] for i in idx] for idx, _ in zip(_sampler(corrupt), range(N_BATCHES))]
+    planned = [[keys[i] for i in idx] for idx, _ in zip(pk_sampler(corrupt), range(N_BATCHES))]
     assert loader.skipped == sum(b.count(bad) for b in planned) >= 1  # every drawn copy, nothing more
     first = planned[0]
     assert first[0] == bad and batches[0]["keys"][0] != bad
