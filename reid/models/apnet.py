@@ -260,6 +260,10 @@ class APNetS(_APNetBase):
         level: pyramid levels, 0..; 2 is the paper's choice (Table IV = APNet-S2 of Table II).
         radix: split radix, 2 in the paper; 1 = no splitting.
         channel_ratio, spatial_ratio, down_ratio: RGA-S reductions, 8 each (RGA's defaults).
+        zero_init_gate: every RGA-S mask starts as the constant 0.5 (its last BN scale at 0; see
+            :class:`~reid.models.attention.RGASpatial`). A deviation from RGA's initialisation,
+            which starts each mask as noise: four stages multiplied by random masks barely train
+            from scratch (``reid/models/README.md``). False restores RGA's initialisation.
         depth, last_stride, neck_feat: as :class:`APNetC`.
 
     Forward:
@@ -281,6 +285,7 @@ class APNetS(_APNetBase):
         channel_ratio: int = 8,
         spatial_ratio: int = 8,
         down_ratio: int = 8,
+        zero_init_gate: bool = True,
         depth: int = 50,
         last_stride: int = 1,
         neck_feat: str = "after",
@@ -302,7 +307,8 @@ class APNetS(_APNetBase):
                         f"APNet-S level {level} radix {radix} splits a {h}x{w} feature map into "
                         f"{radix ** (level - 1)} stripes: more than its {h} rows; use a larger input_size"
                     ) from None
-                blocks = [[RGASpatial(channels, hj, w, channel_ratio, spatial_ratio, down_ratio) for hj in s]
+                blocks = [[RGASpatial(channels, hj, w, channel_ratio, spatial_ratio, down_ratio,
+                                      zero_init_gate) for hj in s]
                           for s in sizes]
                 self.pyramids.append(AttentionPyramid(blocks, sizes, dim=2))
 

@@ -116,6 +116,10 @@ class RGASpatial(nn.Module):
         channels: ``C``.
         height, width: the spatial size of the input feature map.
         channel_ratio, spatial_ratio, down_ratio: the reductions (8, 8, 8 in RGA).
+        zero_init_gate: start the last BN's scale at 0, so the mask starts as the constant
+            ``sigmoid(0) = 0.5`` (the block starts as a uniform scaling and learns its relations
+            from there, like zero-initialised residual gates). False (the RGA code's
+            initialisation): the mask starts as random noise around 0.5.
 
     Shapes:
         ``attention``: ``(B, C, height, width)`` -> ``(B, 1, height, width)`` in ``(0, 1)``;
@@ -133,6 +137,7 @@ class RGASpatial(nn.Module):
         channel_ratio: int = 8,
         spatial_ratio: int = 8,
         down_ratio: int = 8,
+        zero_init_gate: bool = False,
     ) -> None:
         super().__init__()
         for name, value in [("channels", channels), ("height", height), ("width", width),
@@ -156,6 +161,8 @@ class RGASpatial(nn.Module):
             nn.Conv2d(hidden, 1, 1, bias=False),
             nn.BatchNorm2d(1),
         )
+        if zero_init_gate:
+            nn.init.zeros_(self.W[-1].weight)
 
     def attention(self, x: Tensor) -> Tensor:
         _check_feature_map(x, self.channels, "RGASpatial")

@@ -254,3 +254,31 @@ def test_gflops_at_224_match_table_iii():
             model(torch.empty(1, 3, 224, 224, device="meta"))
         ours = counter.get_total_flops() / 2e9
         assert abs(ours - gmac) / gmac < 0.05, (level, ours, gmac)
+
+
+def test_apnet_s_masks_start_uniform_and_rga_init_is_kept_on_request():
+    """zero_init_gate (default): every RGA-S mask is exactly 0.5 at initialisation, in train and
+    eval mode; zero_init_gate=False keeps RGA's random initial masks."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 64, 32)
+    for mode in ("train", "eval"):
+        model = APNetS(num_classes=3, input_size=(64, 32), level=2, depth=18)
+        getattr(model, mode)()
+        masks = []
+
+        def recording(attention):
+            def wrapped(t):
+                masks.append(attention(t))
+                return masks[-1]
+            return wrapped
+
+        for pyr in model.pyramids:
+            for lvl in pyr.levels:
+                for blk in lvl:
+                    blk.attention = recording(blk.attention)
+        with torch.no_grad():
+            model(x)
+        assert len(masks) == 4 * (1 + 2)
+        assert all(torch.equal(m, torch.full_like(m, 0.5)) for m in masks)
+    rga = RGASpatial(16, 4, 3, zero_init_gate=False).train()
+    assert not torch.allclose(rga.attention(torch.randn(2, 16, 4, 3)), torch.tensor(0.5), atol=1e-3)

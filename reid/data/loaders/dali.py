@@ -8,7 +8,10 @@ decoding runs with ``device="mixed"`` (nvJPEG on GPU, ``hw_decoder_load`` of it 
 decoder) when CUDA is available and ``device="cpu"`` otherwise; the augmentations of
 :class:`~reid.data.loaders.config.AugmentConfig` run in DALI on the same device: resize, pad +
 random crop, horizontal flip, colour jitter, normalisation, random erasing (Zhong et al., AAAI
-2020, Alg. 1), then the output dtype.
+2020, Alg. 1), then the output dtype. Their random numbers are not drawn by DALI's random
+operators but fed with each sample by the source (:func:`~reid.data.loaders.source.augment_draws`,
+a function of seed, global batch number and global slot), so the augmented pixels do not depend on
+the number of ranks and a run resumed mid-epoch sees the same pixels as an uninterrupted one.
 
 Evaluation: :func:`iterate_eval` reads a split's tars sequentially with
 ``fn.readers.webdataset`` and the DALI ``.idx`` files, sharded across ranks.
@@ -33,7 +36,7 @@ import numpy as np
 import torch
 
 from reid.data.loaders.config import AugmentConfig
-from reid.data.loaders.source import BatchPlan, SampledJpegSource
+from reid.data.loaders.source import AUGMENT_DRAWS, BatchPlan, SampledJpegSource
 from reid.data.shards import ShardsError, ShardsIndex
 
 __all__ = ["AugmentConfig", "DaliTrainLoader", "iterate_eval", "cuda_device_id"]
@@ -58,27 +61,40 @@ def _decode(jpegs, cfg: AugmentConfig, gpu: bool):
     return fn.decoders.image(jpegs, device="cpu", output_type=types.RGB)
 
 
-def _augment(images, cfg: AugmentConfig, train: bool):
-    """Decoded HWC uint8 images -> normalised CHW images (module docstring order)."""
+def _augment(images, cfg: AugmentConfig, draws=None):
+    """Decoded HWC uint8 images -> normalised CHW images (module docstring order).
+
+    ``draws``: the per-sample ``(len(AUGMENT_DRAWS),)`` float32 uniforms of the source (training),
+    or ``None`` for evaluation (resize + normalise only).
+    """
     import nvidia.dali.fn as fn
     import nvidia.dali.math as dmath
     import nvidia.dali.types as types
 
+    def draw(name: str):
+        return draws[AUGMENT_DRAWS.index(name)]
+
+    def uniform(name: str, lo: float, hi: float):
+        return lo + draw(name) * (hi - lo)
+
     h, w = cfg.image_size
     images = fn.resize(images, size=[h, w], interp_type=types.INTERP_LINEAR, antialias=True)
     mirror = 0
+    train = draws is not None
     if train:
         if cfg.pad > 0:
-            anchor = fn.random.uniform(range=(-cfg.pad, cfg.pad), shape=[2], dtype=types.INT32)
+            # integer offset uniform in [-pad, pad] px per axis (anchor order x, y for "WH")
+            span = 2 * cfg.pad + 1
+            anchor = fn.cast(fn.stack(dmath.floor(draw("crop_x") * span), dmath.floor(draw("crop_y") * span))
+                             - cfg.pad, dtype=types.INT32)
             images = fn.slice(images, anchor, np.array([w, h], np.int32), axis_names="WH",
                               out_of_bounds_policy="pad", fill_values=0)
         if cfg.flip_prob > 0:
-            mirror = fn.random.coin_flip(probability=cfg.flip_prob)
+            mirror = fn.cast(draw("flip") < cfg.flip_prob, dtype=types.INT32)
         if cfg.color_jitter > 0:
             lo, hi = 1.0 - cfg.color_jitter, 1.0 + cfg.color_jitter
-            images = fn.color_twist(images, brightness=fn.random.uniform(range=(lo, hi)),
-                                    contrast=fn.random.uniform(range=(lo, hi)),
-                                    saturation=fn.random.uniform(range=(lo, hi)))
+            images = fn.color_twist(images, brightness=uniform("brightness", lo, hi),
+                                    contrast=uniform("contrast", lo, hi), saturation=uniform("saturation", lo, hi))
     dtype = types.FLOAT16 if cfg.dtype == "float16" else types.FLOAT
     images = fn.crop_mirror_normalize(images, dtype=dtype, output_layout="CHW", mean=list(cfg.mean),
                                       std=list(cfg.std), mirror=mirror)
@@ -87,19 +103,19 @@ def _augment(images, cfg: AugmentConfig, train: bool):
         # H_e = sqrt(S_e r_e), W_e = sqrt(S_e / r_e), top-left corner uniform among the positions
         # that keep the rectangle inside (instead of the paper's rejection loop, the sides are
         # clipped to the image). In normalised coordinates: h = sqrt(a r W / H), w = sqrt(a H / (r W)).
-        area = fn.random.uniform(range=cfg.erase_area)
-        ratio = fn.random.uniform(range=cfg.erase_ratio)
+        area = uniform("erase_area", *cfg.erase_area)
+        ratio = uniform("erase_ratio", *cfg.erase_ratio)
         eh = dmath.min(dmath.sqrt(area * ratio * (w / h)), 1.0)
         ew = dmath.min(dmath.sqrt(area / ratio * (h / w)), 1.0)
-        on = fn.cast(fn.random.coin_flip(probability=cfg.erase_prob), dtype=types.FLOAT)
-        y0 = fn.random.uniform(range=(0.0, 1.0)) * (1.0 - eh)
-        x0 = fn.random.uniform(range=(0.0, 1.0)) * (1.0 - ew)
+        on = fn.cast(draw("erase") < cfg.erase_prob, dtype=types.FLOAT)
+        y0 = draw("erase_y") * (1.0 - eh)
+        x0 = draw("erase_x") * (1.0 - ew)
         images = fn.erase(images, anchor=fn.stack(y0, x0), shape=fn.stack(eh * on, ew * on), axis_names="HW",
                           normalized_anchor=True, normalized_shape=True, fill_value=0.0)
     return images
 
 
-def _train_pipeline(source: SampledJpegSource, cfg: AugmentConfig, batch_size: int, seed: int,
+def _train_pipeline(source: SampledJpegSource, cfg: AugmentConfig, batch_size: int,
                     device_id: int | None, source_workers: int):
     import nvidia.dali.fn as fn
     import nvidia.dali.types as types
@@ -107,13 +123,15 @@ def _train_pipeline(source: SampledJpegSource, cfg: AugmentConfig, batch_size: i
 
     extra = {"py_num_workers": source_workers, "py_start_method": "spawn"} if source_workers else {}
 
-    @pipeline_def(batch_size=batch_size, num_threads=cfg.num_threads, device_id=device_id, seed=seed,
+    # seed=0: no DALI random operator runs; the random numbers come with the samples
+    @pipeline_def(batch_size=batch_size, num_threads=cfg.num_threads, device_id=device_id, seed=0,
                   prefetch_queue_depth=cfg.prefetch, **extra)
     def pipe():
-        jpegs, idx, skipped = fn.external_source(source=source, num_outputs=3, batch=False,
-                                                 parallel=source_workers > 0,
-                                                 dtype=[types.UINT8, types.INT64, types.INT32])
-        return _augment(_decode(jpegs, cfg, device_id is not None), cfg, train=True), idx, skipped
+        dtypes = [types.UINT8, types.INT64, types.INT32] + ([types.FLOAT] if source.with_draws else [])
+        jpegs, idx, skipped, *draws = fn.external_source(source=source, num_outputs=len(dtypes), batch=False,
+                                                         parallel=source_workers > 0, dtype=dtypes)
+        images = _augment(_decode(jpegs, cfg, device_id is not None), cfg, draws[0] if draws else None)
+        return images, idx, skipped
 
     p = pipe()
     p.build()
@@ -192,7 +210,10 @@ class DaliTrainLoader:
             Batch ``n`` of the loader is the sampler's batch ``n`` positions after its state at
             construction; the sampler object itself is not advanced.
         cfg: augmentation and pipeline settings.
-        seed: DALI seed for this pipeline (crop offsets, flips, jitter, erasing).
+        seed: augmentation seed, int >= 0 (crop offsets, flips, jitter, erasing): sample ``j`` of
+            global batch ``n`` (the sampler position ``epoch * steps_per_epoch + step``) draws
+            row ``rank * B + j`` of ``augment_draws(seed, n, world_size * B)``, so the pixels
+            depend neither on the rank layout nor on where the loader started.
         device: torch device the batches land on.
         source_workers: DALI Python worker processes reading the shards (parallel external
             source, spawned); 0 reads in the main thread.
@@ -215,9 +236,10 @@ class DaliTrainLoader:
         self.cfg = cfg
         self.skipped = 0
         self._n = 0
-        self.source = SampledJpegSource(index, self.table.keys, self.table.pids, sampler, cfg.on_corrupt)
+        self.source = SampledJpegSource(index, self.table.keys, self.table.pids, sampler, cfg.on_corrupt, seed=seed,
+                                        with_draws=cfg.augments)
         self.batch_size = len(self.source.batch_indices(0))
-        self._pipe = _train_pipeline(self.source, cfg, self.batch_size, seed, cuda_device_id(), source_workers)
+        self._pipe = _train_pipeline(self.source, cfg, self.batch_size, cuda_device_id(), source_workers)
 
     def __iter__(self) -> Iterator[dict]:
         return self
@@ -289,7 +311,7 @@ def _eval_pipeline(index: ShardsIndex, splits: list[str], cfg: AugmentConfig, ba
             index_paths=[str(p) for s in splits for p in index.index_paths(s)],
             ext=["jpg", "json"], shard_id=rank, num_shards=world_size, random_shuffle=False,
             pad_last_batch=True, name="reader")
-        return _augment(_decode(jpegs, cfg, device_id is not None), cfg, train=False), labels
+        return _augment(_decode(jpegs, cfg, device_id is not None), cfg), labels
 
     p = pipe()
     p.build()

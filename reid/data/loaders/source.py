@@ -1,10 +1,17 @@
-"""The per-sample input callback of the DALI training pipeline: sampled keys -> JPEG bytes.
+"""The per-sample input callback of the DALI training pipeline: sampled keys -> JPEG bytes and
+that sample's augmentation draws.
 
 :class:`SampledJpegSource` is what ``fn.external_source(parallel=True, batch=False)`` calls once
 per sample, possibly in DALI's Python worker processes. It is stateless between calls: the sample
 for ``(iteration, idx_in_batch)`` comes from the sampler's deterministic ``batch(epoch, step)``,
-so any number of workers, in any order, feed the same sequence. This module does not import
-torch, so spawned workers start quickly.
+so any number of workers, in any order, feed the same sequence.
+
+The random numbers of the augmentations come from here too (:func:`augment_draws`), not from DALI's
+random operators: they are a function of ``(seed, global batch number, global slot)`` only. So a
+sample is augmented the same way whatever the rank layout (rank ``r`` of ``W`` holds the slots
+``[r B, (r + 1) B)`` of the global batch, as the samplers lay it out), and a run resumed in the
+middle of an epoch continues the exact sequence. This module does not import torch, so spawned
+workers start quickly.
 """
 
 from __future__ import annotations
@@ -15,7 +22,14 @@ import numpy as np
 
 from reid.data.shards import ShardsError, ShardsIndex
 
-__all__ = ["BatchPlan", "SampledJpegSource", "jpeg_looks_complete"]
+__all__ = ["AUGMENT_DRAWS", "BatchPlan", "SampledJpegSource", "augment_draws", "jpeg_looks_complete"]
+
+#: The uniform draws in ``[0, 1)`` each training sample gets, in this column order (the DALI
+#: graph maps them to the ranges of :class:`~reid.data.loaders.config.AugmentConfig`). Every
+#: sample gets all of them whatever is enabled, so switching one augmentation on or off does not
+#: change the draws of the others.
+AUGMENT_DRAWS = ("crop_x", "crop_y", "flip", "brightness", "contrast", "saturation", "erase", "erase_area",
+                 "erase_ratio", "erase_y", "erase_x")
 
 _SOI = b"\xff\xd8"
 _EOI = b"\xff\xd9"
@@ -31,6 +45,26 @@ class BatchPlan(Protocol):
     def state_dict(self) -> dict[str, int]: ...
 
 
+def augment_draws(seed: int, batch: int, global_batch_size: int) -> np.ndarray:
+    """The augmentation draws of one global batch: ``(global_batch_size, len(AUGMENT_DRAWS))``
+    float32 in ``[0, 1)``; row ``j`` belongs to global slot ``j``.
+
+    Args:
+        seed: the loader's augmentation seed (any int >= 0).
+        batch: the global batch number since the start of training (``epoch * steps_per_epoch +
+            step``), so the draws do not depend on where a run was resumed.
+        global_batch_size: images per step over all ranks.
+
+    Raises:
+        ValueError: a negative ``seed``/``batch`` or ``global_batch_size < 1``.
+    """
+    if seed < 0 or batch < 0 or global_batch_size < 1:
+        raise ValueError(f"augment_draws: need seed, batch >= 0 and global_batch_size >= 1, "
+                         f"got {seed}, {batch}, {global_batch_size}")
+    rng = np.random.default_rng([seed, batch])
+    return rng.random((global_batch_size, len(AUGMENT_DRAWS)), dtype=np.float32)
+
+
 def jpeg_looks_complete(data: bytes) -> bool:
     """Cheap structural check: starts with the SOI marker and ends with EOI (trailing zero
     padding allowed). Catches empty and truncated files, the usual corruption, in O(1)."""
@@ -39,7 +73,7 @@ def jpeg_looks_complete(data: bytes) -> bool:
 
 class SampledJpegSource:
     """Per-sample callback: sample ``j`` of batch ``n`` -> ``(jpeg uint8 (L,), index int64 (1,),
-    skipped int32 (1,))``.
+    skipped int32 (1,), draws float32 (len(AUGMENT_DRAWS),))``.
 
     Args:
         index: the shards (picklable; reads by ``pread`` at the recorded offsets).
@@ -51,6 +85,12 @@ class SampledJpegSource:
             :class:`ShardsError` naming the shard tar and key; ``"skip"``: it is replaced by the
             next image of the same identity (cycling through ``keys`` order) that passes, and the
             sample's ``skipped`` output is 1.
+        seed: augmentation seed (int >= 0); ``draws`` of sample ``j`` of batch ``n`` is row
+            ``rank * B + j`` of ``augment_draws(seed, n_abs, world_size * B)``, with ``n_abs`` the
+            sampler position (``epoch * steps_per_epoch + step``) and ``rank``/``world_size`` the
+            sampler's (1 rank when it has none).
+        with_draws: whether the call returns ``draws`` (False: three outputs, for a pipeline
+            without random augmentation).
 
     Raises:
         ShardsError: a corrupt sample with ``on_corrupt="error"``, or an identity with no
@@ -58,17 +98,24 @@ class SampledJpegSource:
     """
 
     def __init__(self, index: ShardsIndex, keys: Sequence[str], pids: Sequence[int], sampler: BatchPlan,
-                 on_corrupt: str = "error") -> None:
+                 on_corrupt: str = "error", seed: int = 0, with_draws: bool = True) -> None:
         if on_corrupt not in ("error", "skip"):
             raise ValueError(f"on_corrupt must be 'error' or 'skip', got {on_corrupt!r}")
+        if not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"seed must be an int >= 0, got {seed!r}")
         self.index = index
         self.keys = list(keys)
         self.pids = np.asarray(pids, np.int64)
         self.sampler = sampler
         self.on_corrupt = on_corrupt
+        self.seed = seed
+        self.with_draws = with_draws
+        self.rank = int(getattr(sampler, "rank", 0))
+        self.world_size = int(getattr(sampler, "world_size", 1))
         state = sampler.state_dict()
         self.start = state["epoch"] * sampler.steps_per_epoch + state["step"]
         self._cached: tuple[int, list[int]] | None = None
+        self._cached_draws: tuple[int, np.ndarray] | None = None
 
     def batch_indices(self, n: int) -> list[int]:
         """Sampler indices of this source's batch ``n`` (0-based)."""
@@ -76,6 +123,14 @@ class SampledJpegSource:
             epoch, step = divmod(self.start + n, self.sampler.steps_per_epoch)
             self._cached = (n, self.sampler.batch(epoch, step))
         return self._cached[1]
+
+    def draws(self, n: int) -> np.ndarray:
+        """This rank's augmentation draws for its batch ``n``: ``(B, len(AUGMENT_DRAWS))`` float32."""
+        if self._cached_draws is None or self._cached_draws[0] != n:
+            b = len(self.batch_indices(n))
+            rows = augment_draws(self.seed, self.start + n, b * self.world_size)
+            self._cached_draws = (n, rows[self.rank * b:(self.rank + 1) * b])
+        return self._cached_draws[1]
 
     def describe(self, i: int) -> str:
         """``"key '<key>' in shard <tar path>"`` for sampler index ``i``."""
@@ -97,8 +152,9 @@ class SampledJpegSource:
                 return np.frombuffer(data, np.uint8), int(j), 1
         raise ShardsError(f"corrupt JPEG: {self.describe(i)}, and no other image of its identity is readable")
 
-    def __call__(self, info: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def __call__(self, info: Any) -> tuple[np.ndarray, ...]:
         """DALI per-sample call: ``info`` is a ``nvidia.dali.types.SampleInfo``."""
         i = self.batch_indices(info.iteration)[info.idx_in_batch]
         jpeg, used, skipped = self.read(i)
-        return jpeg, np.array([used], np.int64), np.array([skipped], np.int32)
+        out = (jpeg, np.array([used], np.int64), np.array([skipped], np.int32))
+        return out + (self.draws(info.iteration)[info.idx_in_batch],) if self.with_draws else out

@@ -195,10 +195,13 @@ class _NumberedBatches:
     """The DataLoader's batch sampler: yields ``[(batch number, slot, index), ...]`` lazily.
 
     For a planned sampler (``batch(epoch, step)``, ``steps_per_epoch``, ``state_dict()``: a
-    :class:`~reid.data.samplers.PKSampler` or the hierarchical sampler), batch ``n`` is the
-    sampler's batch ``n`` positions after its state at construction, and the sampler object is
-    not advanced (as :class:`~reid.data.loaders.dali.DaliTrainLoader`). Any other iterable of
-    index lists is iterated (and so advanced) as the DataLoader requests batches.
+    :class:`~reid.data.samplers.PKSampler` or the hierarchical sampler), the loader's batch ``n``
+    is the sampler's batch ``n`` positions after its state at construction, and the sampler object
+    is not advanced (as :class:`~reid.data.loaders.dali.DaliTrainLoader`); the batch number
+    yielded is the sampler position ``epoch * steps_per_epoch + step`` and the slot is the global
+    one, ``rank * B + j`` (the sampler's ``rank``), so the per-sample augmentation seed does not
+    depend on where the loader started or on the rank layout. Any other iterable of index lists
+    is iterated (and so advanced) as the DataLoader requests batches, numbered from 0.
     """
 
     def __init__(self, sampler: Any):
@@ -216,8 +219,10 @@ class _NumberedBatches:
             yield self.sampler.batch(*divmod(n, self.sampler.steps_per_epoch))
 
     def __iter__(self) -> Iterator[list[tuple[int, int, int]]]:
-        for n, batch in enumerate(self._batches()):
-            yield [(n, j, int(i)) for j, i in enumerate(batch)]
+        first = self.start or 0
+        rank = int(getattr(self.sampler, "rank", 0))
+        for n, batch in enumerate(self._batches(), start=first):
+            yield [(n, rank * len(batch) + j, int(i)) for j, i in enumerate(batch)]
 
 
 class TorchTrainLoader:
@@ -235,10 +240,11 @@ class TorchTrainLoader:
             construction, and the sampler object itself is not advanced (as DALI's loader). Any
             other iterable of index lists also works; it is iterated lazily (infinite is fine).
         cfg: augmentation and pipeline settings (module docstring for the order of the steps).
-        seed: augmentation seed (any int; taken modulo 2**64). Sample ``j`` of the ``n``-th batch
-            this loader yields is transformed under ``torch.manual_seed(f(seed, n, j))`` (in a
-            forked RNG state, so the caller's global RNG is untouched): the same seed gives the
-            same pixels whatever the number of workers.
+        seed: augmentation seed (any int; taken modulo 2**64). Sample ``j`` of the batch at
+            sampler position ``n`` (``epoch * steps_per_epoch + step``) is transformed under
+            ``torch.manual_seed(f(seed, n, rank * B + j))`` (in a forked RNG state, so the caller's
+            global RNG is untouched): the same seed gives the same pixels whatever the number of
+            workers, the rank layout or the position the loader started at.
         device: torch device the batches land on (pinned host memory and non-blocking copies
             when it is CUDA).
         num_workers: DataLoader worker processes (default ``cfg.num_threads``; 0 = decode in
