@@ -249,12 +249,24 @@ class OptimParams(_Section):
 class EngineParams(_Section):
     """``engine``: DeepSpeed engine settings. ``zero_stage`` 0, 1 or 2; ``deepspeed_config``: the
     DeepSpeed config template (null: ``infra/deepspeed/zero<zero_stage>.json`` of this repository;
-    a relative path is relative to the repository root); its ZeRO stage must be ``zero_stage``."""
+    a relative path is relative to the repository root); its ZeRO stage must be ``zero_stage``.
+    ``precision``: ``auto`` (bf16 autocast on GPU, fp32 on CPU), ``bf16`` or ``fp32``;
+    ``channels_last``: ``auto`` (GPU only), true or false; ``compile``: ``torch.compile`` through
+    DeepSpeed's ``engine.compile()``; ``grad_accum_steps``: batches per optimizer step;
+    ``sync_bn``: BatchNorm statistics over all ranks (see ``reid.engine.sync_bn``);
+    ``launcher``: the command ``dvc.yaml``'s train stage runs ``pipeline.train`` with
+    (``python -m``, or e.g. ``deepspeed --num_gpus 8 --module``)."""
 
     zero_stage: Literal[0, 1, 2]
     seed: int = 0
     log_every: int = Field(gt=0)
     deepspeed_config: Optional[str] = None
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    channels_last: Union[Literal["auto"], bool] = "auto"
+    compile: bool = False
+    grad_accum_steps: int = Field(default=1, gt=0)
+    sync_bn: bool = False
+    launcher: str = "python -m"
 
 
 class EvalParams(_Section):

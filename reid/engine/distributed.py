@@ -29,7 +29,8 @@ class DistInfo:
         return self.rank == 0
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now (for a local rendezvous)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -63,7 +64,7 @@ def init_distributed() -> DistInfo:
     if "RANK" not in os.environ:
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        os.environ.setdefault("MASTER_PORT", str(free_port()))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():
         if local_rank >= torch.cuda.device_count():
@@ -84,3 +85,67 @@ def barrier() -> None:
 
     if dist.is_initialized():
         dist.barrier()
+
+
+def world_size() -> int:
+    """Ranks in the default process group (1 without one)."""
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def all_gather_cat(tensor: torch.Tensor, grad: bool = False) -> torch.Tensor:
+    """Concatenate ``tensor`` ``(B, ...)`` of every rank along dim 0, in rank order: ``(W*B, ...)``.
+
+    Every rank must pass the same shape. With ``grad=True`` the gather is differentiable
+    (``all_gather_tensor_autograd``): the gradient of each rank's slice is the sum
+    of the gradients all ranks compute for it, so a loss every rank computes on the gathered batch
+    trains like the same loss on one rank's global batch once gradients are averaged across ranks.
+    Without a process group (or with one rank) it returns ``tensor``.
+    """
+    import torch.distributed as dist
+
+    if world_size() == 1:
+        return tensor
+    if grad:
+        import torch.distributed._functional_collectives as funcol
+
+        # backward: reduce-scatter (sum) of the gathered gradient; torch.distributed.nn's
+        # all_gather computes the same but is deprecated (warns on every call)
+        gathered = funcol.all_gather_tensor_autograd(tensor.contiguous(), 0, dist.group.WORLD)
+        return funcol.wait_tensor(gathered)
+    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts, dim=0)
+
+
+def comm_device() -> torch.device:
+    """Where small collective tensors must live: the current GPU under NCCL, else the CPU."""
+    import torch.distributed as dist
+
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def all_reduce_mean(values: dict[str, float]) -> dict[str, float]:
+    """The mean over ranks of each value (same keys on every rank); unchanged on one rank."""
+    import torch.distributed as dist
+
+    if world_size() == 1 or not values:
+        return values
+    keys = sorted(values)
+    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=comm_device())
+    dist.all_reduce(t)
+    return {k: float(v) / dist.get_world_size() for k, v in zip(keys, t.tolist())}
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank when ``flag`` is true on at least one (a collective call)."""
+    import torch.distributed as dist
+
+    if world_size() == 1:
+        return flag
+    t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=comm_device())
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())

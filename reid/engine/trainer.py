@@ -10,12 +10,16 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
+import random
+import signal
+import threading
 import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -26,7 +30,8 @@ from reid.data.shards import ShardsIndex
 from reid.engine import checkpoint
 from reid.engine.criterion import Criterion
 from reid.engine.deepspeed_config import fill_template
-from reid.engine.distributed import DistInfo, barrier, init_distributed
+from reid.engine.distributed import DistInfo, any_rank, barrier, init_distributed
+from reid.engine.sync_bn import convert_sync_batchnorm
 from reid.engine.schedule import build_scheduler
 from reid.io import atomic_open, atomic_write_json
 from reid.models import MODELS, build
@@ -67,7 +72,7 @@ class TrainSpec:
             "loader": self.loader.model_dump(exclude={"source_workers"}),
             "model": {"name": self.model.name, "kwargs": self.model_kwargs()},
             "loss": self.loss.model_dump(), "optim": self.optim.model_dump(),
-            "engine": self.engine.model_dump(exclude={"log_every"}),
+            "engine": self.engine.model_dump(exclude={"log_every", "launcher"}),
         })
 
     def model_kwargs(self) -> dict:
@@ -100,16 +105,23 @@ class RunResult:
     history: list[dict] = field(default_factory=list)
 
 
-def _autocast(device: torch.device):
-    """bf16 autocast on GPU; fp32 (no autocast) on CPU."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+def _autocast(device: torch.device, precision: str):
+    """``precision`` ``"auto"``: bf16 autocast on GPU, fp32 on CPU; ``"bf16"``: bf16 autocast on any
+    device; ``"fp32"``: none. The weights and optimizer state stay fp32."""
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
-def _pipeline_seed(seed: int, epoch: int, rank: int) -> int:
-    """DALI seed of one (epoch, rank): augmentations are reproducible per epoch, so resume is exact."""
-    return zlib.crc32(f"{seed}/{epoch}/{rank}".encode()) & 0x7FFFFFFF
+def _channels_last(setting: str | bool, device: torch.device) -> bool:
+    """``engine.channels_last``: ``"auto"`` = on GPU only."""
+    return device.type == "cuda" if setting == "auto" else bool(setting)
+
+
+def _loader_seed(seed: int) -> int:
+    """Augmentation seed of a run; the loaders derive each sample's draws from it and the sample's
+    sampler position and global slot, so resume (even mid-epoch) and the rank layout do not change them."""
+    return zlib.crc32(f"augment/{seed}".encode()) & 0x7FFFFFFF
 
 
 def build_sampler(sp: SamplerParams, index: ShardsIndex, keys: list[str], labels: list[int], seed: int,
@@ -134,13 +146,13 @@ def batch_size(sp: SamplerParams) -> int:
 
 
 def _deepspeed_config(spec: TrainSpec) -> dict:
-    """The DeepSpeed config of a run: its template with the per-rank batch and clipping filled in."""
+    """The DeepSpeed config of a run: its template with the per-rank batch, accumulation and clipping filled in."""
     template = spec.deepspeed_template
     if template is None:
         template = {"zero_optimization": {"stage": spec.engine.zero_stage}, "zero_allow_untested_optimizer": True,
                     "steps_per_print": 10**9}
     return fill_template(template, batch_size(spec.sampler), spec.optim.grad_clip, spec.engine.zero_stage,
-                         source="the DeepSpeed template")
+                         grad_accum=spec.engine.grad_accum_steps, source="the DeepSpeed template")
 
 
 def _optimizer(model: torch.nn.Module, optim: OptimParams) -> torch.optim.Optimizer:
@@ -150,16 +162,79 @@ def _optimizer(model: torch.nn.Module, optim: OptimParams) -> torch.optim.Optimi
     return torch.optim.SGD(groups, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
 
 
+class TrainingInterrupted(RuntimeError):
+    """Training stopped on SIGTERM after saving a checkpoint; ``resume=True`` continues from it.
+
+    Attributes:
+        checkpoint: the checkpoint folder written.
+    """
+
+    def __init__(self, checkpoint: Path):
+        super().__init__(f"stopped by SIGTERM; checkpoint {checkpoint} saved (resume to continue)")
+        self.checkpoint = checkpoint
+
+
+class _StopSignal:
+    """Records SIGTERM (SLURM preemption, ``kill``) instead of dying, while training runs.
+
+    Installed only in the main thread (Python delivers signals there); the previous handler is
+    restored on exit.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self) -> "_StopSignal":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
 def train(spec: TrainSpec, resume: bool = False,
           log_metrics: Optional[Callable[[dict, int], None]] = None,
           stop_after_epochs: Optional[int] = None,
-          validate: Optional[Callable[[int, torch.nn.Module], dict]] = None) -> RunResult:
+          validate: Optional[Callable[[int, torch.nn.Module], dict]] = None,
+          on_step: Optional[Callable[[int, int, dict], None]] = None) -> RunResult:
     """Train a model with DeepSpeed on the ``train`` split of ``spec.shards_dir``.
+
+    An epoch is ``steps_per_epoch`` sampler batches per rank (rounded down to a multiple of
+    ``engine.grad_accum_steps``; the optimizer steps once per ``grad_accum_steps`` batches).
+    Losses that compare samples see the global batch of all ranks (:class:`Criterion`).
+
+    Checkpoints (``out_dir/checkpoints``, :mod:`reid.engine.checkpoint`) are written after every
+    epoch, and when the process receives SIGTERM: training then stops at the next optimizer-step
+    boundary (all ranks together), saves a mid-epoch checkpoint and raises
+    :class:`TrainingInterrupted`. Resuming from either ends with the same weights as an
+    uninterrupted run (exactly on CPU in fp32): the checkpoint holds the model, optimizer, LR
+    scheduler, epoch and step (the sampler position; augmentation draws are a function of it),
+    the partial epoch sums of the logs, the RNG states and the training params.
 
     Args:
         spec: the run's settings.
-        resume: continue from ``out_dir/checkpoints/latest``; the run then ends with the same
-            weights as an uninterrupted one.
+        resume: continue from ``out_dir/checkpoints/latest``.
         log_metrics: called on rank 0 after each epoch with ``({name: value}, epoch)``
             (1-based epoch); e.g. MLflow logging.
         stop_after_epochs: stop after this many completed epochs (still checkpointing), as if
@@ -168,14 +243,18 @@ def train(spec: TrainSpec, resume: bool = False,
             the module in train mode; it may switch it to eval, training switches it back);
             returns metrics (possibly empty) merged into that epoch's logs, e.g. ``val.mAP``.
             Other ranks wait at a barrier meanwhile.
+        on_step: called on every rank after each batch with ``(epoch, step, logs)`` (1-based
+            epoch and step within the epoch; ``logs`` are means over ranks).
 
     Returns:
         RunResult; rank 0 has also written ``out_dir/model.pt`` (state dict) and
         ``out_dir/model.json`` (name, kwargs, num_classes, image_size, mean, std).
 
     Raises:
+        TrainingInterrupted: SIGTERM was received (after the checkpoint is saved).
         CheckpointError: ``resume`` without a usable checkpoint, or with changed training params.
         ShardsError: missing or corrupt shards.
+        ValueError: fewer sampler steps per epoch than ``engine.grad_accum_steps``.
     """
     import deepspeed
 
@@ -189,62 +268,93 @@ def train(spec: TrainSpec, resume: bool = False,
     labels = [pid_map[p] for p in pids]
     num_classes = len(pid_map)
     sampler = build_sampler(spec.sampler, index, keys, labels, spec.engine.seed, dist.rank, dist.world_size)
-    steps = sampler.steps_per_epoch
+    accum = spec.engine.grad_accum_steps
+    if sampler.steps_per_epoch < accum:
+        raise ValueError(f"engine.grad_accum_steps = {accum} exceeds the {sampler.steps_per_epoch} sampler steps "
+                         "per epoch")
+    steps = sampler.steps_per_epoch - sampler.steps_per_epoch % accum
 
     torch.manual_seed(spec.engine.seed)
     model = build(spec.model.name, num_classes, **spec.model_kwargs())
+    if spec.engine.sync_bn and dist.world_size > 1:
+        model = convert_sync_batchnorm(model.to(dist.device))
+    channels_last = _channels_last(spec.engine.channels_last, dist.device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     criterion = Criterion(model.losses, spec.loss.model_dump(), {"num_classes": num_classes})
     optimizer = _optimizer(model, spec.optim)
-    scheduler = build_scheduler(optimizer, steps, spec.optim.warmup_epochs, spec.optim.warmup_factor,
+    scheduler = build_scheduler(optimizer, steps // accum, spec.optim.warmup_epochs, spec.optim.warmup_factor,
                                 spec.optim.milestones, spec.optim.gamma, kind=spec.optim.schedule,
                                 epochs=spec.optim.epochs, min_factor=spec.optim.min_lr_factor)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                            config=_deepspeed_config(spec))
+    if spec.engine.compile:
+        engine.compile()
     params = spec.training_params()
-    start_epoch, history = 0, []
+    start_epoch, start_step, history, sums = 0, 0, [], {}
     if resume:
         state = checkpoint.load(engine, ckpt_dir, params)
-        start_epoch, history = state["epoch"], state["history"]
-        torch.set_rng_state(state["rng"]["torch"])
+        start_epoch, start_step = state["epoch"], state.get("step", 0)
+        history, sums = state["history"], state.get("sums", {})
+        _set_rng_state(state["rng"])
     end_epoch = spec.optim.epochs if stop_after_epochs is None else min(spec.optim.epochs, stop_after_epochs)
 
-    for epoch in range(start_epoch, end_epoch):
-        sampler.load_state_dict({**sampler.state_dict(), "epoch": epoch, "step": 0})
-        loader = train_loader(spec.loader.backend, index, keys, pid_map, sampler, spec.augment(),
-                              seed=_pipeline_seed(spec.engine.seed, epoch, dist.rank), device=dist.device,
-                              source_workers=spec.loader.source_workers)
-        engine.train()
-        sums: dict[str, float] = {}
-        t0 = time.perf_counter()
-        bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{spec.optim.epochs}", disable=not dist.is_main,
-                   unit="step", dynamic_ncols=True)
-        for step in bar:
-            batch = next(loader)
-            images = batch["images"] if dist.device.type == "cuda" else batch["images"].float()  # CPU: fp32 model
-            with _autocast(dist.device):
-                outputs = engine(images)
-                loss, logs = criterion(outputs, batch)
-            engine.backward(loss)
-            engine.step()
-            for k, v in logs.items():
-                sums[k] = sums.get(k, 0.0) + v
-            img_s = (step + 1) * len(batch["keys"]) * dist.world_size / (time.perf_counter() - t0)
-            if step % spec.engine.log_every == 0 or step == steps - 1:
-                bar.set_postfix(loss=f"{logs['loss']:.3f}", img_s=f"{img_s:.0f}")
+    sampler.load_state_dict({**sampler.state_dict(), "epoch": start_epoch, "step": start_step})
+    loader = train_loader(spec.loader.backend, index, keys, pid_map, sampler, spec.augment(),
+                          seed=_loader_seed(spec.engine.seed), device=dist.device,
+                          source_workers=spec.loader.source_workers)
+    try:
+        with _StopSignal() as stop:
+            for epoch in range(start_epoch, end_epoch):
+                first = start_step if epoch == start_epoch else 0
+                if first == 0:
+                    sums = {}
+                engine.train()
+                t0 = time.perf_counter()
+                img_s = 0.0
+                bar = tqdm(range(first, steps), desc=f"epoch {epoch + 1}/{spec.optim.epochs}",
+                           disable=not dist.is_main, unit="step", dynamic_ncols=True)
+                for step in bar:
+                    batch = next(loader)
+                    images = batch["images"] if dist.device.type == "cuda" else batch["images"].float()
+                    if channels_last:
+                        images = images.contiguous(memory_format=torch.channels_last)
+                    with _autocast(dist.device, spec.engine.precision):
+                        outputs = engine(images)
+                        loss, logs = criterion(outputs, batch)
+                    engine.backward(loss)
+                    engine.step()
+                    for k, v in logs.items():
+                        sums[k] = sums.get(k, 0.0) + v
+                    if on_step is not None:
+                        on_step(epoch + 1, step + 1, logs)
+                    img_s = (step + 1 - first) * len(batch["keys"]) * dist.world_size / (time.perf_counter() - t0)
+                    if step % spec.engine.log_every == 0 or step == steps - 1:
+                        bar.set_postfix(loss=f"{logs['loss']:.3f}", img_s=f"{img_s:.0f}")
+                    if (step + 1) % accum == 0 and step + 1 < steps and any_rank(stop.requested):
+                        tag = f"epoch-{epoch:04d}-step-{step + 1:06d}"
+                        path = checkpoint.save(engine, ckpt_dir, tag, is_main=dist.is_main, client_state={
+                            "epoch": epoch, "step": step + 1, "sums": sums, "history": history,
+                            "params": params, "rng": _rng_state()})
+                        raise TrainingInterrupted(path)
+                for _ in range(sampler.steps_per_epoch - steps):  # batches left over by grad accumulation
+                    next(loader)
+                epoch_logs = {k: v / steps for k, v in sums.items()}
+                epoch_logs.update(img_per_s=img_s, lr=engine.get_lr()[0], epoch_seconds=time.perf_counter() - t0,
+                                  world_size=dist.world_size, skipped_images=loader.skipped)
+                if dist.is_main and validate is not None:
+                    epoch_logs.update(validate(epoch + 1, engine.module))
+                barrier()
+                history.append({"epoch": epoch + 1, **epoch_logs})
+                path = checkpoint.save(engine, ckpt_dir, f"epoch-{epoch + 1:04d}", is_main=dist.is_main,
+                                       client_state={"epoch": epoch + 1, "step": 0, "sums": {}, "history": history,
+                                                     "params": params, "rng": _rng_state()})
+                if dist.is_main and log_metrics is not None:
+                    log_metrics(epoch_logs, epoch + 1)
+                if epoch + 1 < end_epoch and any_rank(stop.requested):
+                    raise TrainingInterrupted(path)
+    finally:
         loader.close()
-        epoch_logs = {k: v / steps for k, v in sums.items()}
-        epoch_logs.update(img_per_s=img_s, lr=engine.get_lr()[0], epoch_seconds=time.perf_counter() - t0,
-                          world_size=dist.world_size, skipped_images=loader.skipped)
-        if dist.is_main and validate is not None:
-            epoch_logs.update(validate(epoch + 1, engine.module))
-        barrier()
-        history.append({"epoch": epoch + 1, **epoch_logs})
-        checkpoint.save(engine, ckpt_dir, f"epoch-{epoch + 1:04d}", is_main=dist.is_main, client_state={
-            "epoch": epoch + 1, "history": history, "params": params,
-            "rng": {"torch": torch.get_rng_state()},
-        })
-        if dist.is_main and log_metrics is not None:
-            log_metrics(epoch_logs, epoch + 1)
 
     state = cpu_state_dict(engine.module)
     model_path = out_dir / MODEL_WEIGHTS

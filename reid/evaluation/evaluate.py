@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from reid.data.loaders import AugmentConfig, iterate_eval
+from reid.data.loaders import AugmentConfig
 from reid.data.protocols import GALLERY_CAMID, QUERY_CAMID, Protocol, ProtocolError
 from reid.data.shards import ShardsIndex
-from reid.evaluation.features import extract_features
+from reid.evaluation.features import extract_split_features
 from reid.evaluation.plots import plot_cmc, write_cmc_table
 from reid.evaluation.rank_metrics import rank_metrics
 from reid.io import atomic_write_json
@@ -76,12 +76,21 @@ def _aggregate(rounds: list[dict]) -> dict:
     return out
 
 
-def score(model: torch.nn.Module, spec: EvalSpec, protocol: Protocol) -> dict[str, dict]:
+def score(model: torch.nn.Module, spec: EvalSpec, protocol: Protocol, distributed: bool = False) -> dict[str, dict]:
     """Compute CMC, mAP and mINP of ``model`` for every set of ``protocol``.
 
     Features are extracted once (``query`` + ``gallery`` shards for a fixed protocol, ``test``
     shards for gallery draws); each round is then ranked with :func:`rank_metrics`. In drawn
     rounds queries get camid 0 and the gallery camid 1, so no true match is filtered out.
+
+    With ``distributed=True`` and an initialised ``torch.distributed`` process group, each rank
+    extracts only its share of the images and the features are all-gathered in shard order
+    (:func:`~reid.evaluation.features.extract_split_features`): every rank of the group must then
+    call ``score`` with the same arguments, and every rank ranks the same features and returns
+    the same metrics. The default (``False``) extracts everything in this process even inside a
+    process group, as the training loop needs: it runs its validator on rank 0 only while the
+    other ranks wait at a barrier, where a collective would never complete. A single process
+    gives the same numbers either way.
 
     Returns:
         set name (``query_gallery``, or a test list such as ``test_1000``) -> ``{"rank1",
@@ -93,6 +102,8 @@ def score(model: torch.nn.Module, spec: EvalSpec, protocol: Protocol) -> dict[st
     Raises:
         ShardsError / ProtocolError / ValueError: missing shards, a protocol that does not match
             them, or a round without a valid query.
+        PeerExtractionError: (``distributed``) on the ranks whose share was read while another
+            rank's extraction failed.
     """
     index = ShardsIndex.load(spec.shards_dir)
     cfg = AugmentConfig(image_size=tuple(spec.image_size), mean=tuple(spec.mean), std=tuple(spec.std),
@@ -100,7 +111,8 @@ def score(model: torch.nn.Module, spec: EvalSpec, protocol: Protocol) -> dict[st
     splits = ("query", "gallery") if protocol.kind == "fixed" else ("test",)
     keys = [k for split in splits for k in index.keys(split)]
     device = next(model.parameters()).device
-    f = extract_features(model, iterate_eval(spec.backend, index, keys, cfg, spec.batch_size, device), spec.flip)
+    f = extract_split_features(model, spec.backend, index, keys, cfg, spec.batch_size, device, spec.flip,
+                               distributed=distributed)
     pos = {k: i for i, k in enumerate(f.keys)}
     per_set: dict[str, list[dict]] = {}
     for rnd in protocol.rounds(index.keys):

@@ -164,6 +164,11 @@ class _FeatLoss(nn.Module):
             raise ValueError(f"feat_keys must be a non-empty sequence of output names, got {feat_keys!r}")
         self.normalize = bool(normalize)
 
+    @property
+    def cross_sample_keys(self) -> tuple[str, ...]:
+        """The features compared across samples (gathered from every rank in data-parallel training)."""
+        return self.feat_keys
+
     def _labels(self, batch: dict[str, Tensor], b: int, device: torch.device) -> tuple[Tensor, Tensor]:
         pids = batch["pids"].to(device)
         if pids.shape != (b,):

@@ -98,6 +98,9 @@ class TripletLoss(nn.Module):
     """
 
     name = "triplet"
+    #: the outputs compared across samples: in data-parallel training they are gathered from
+    #: every rank first (``reid.engine.criterion.Criterion``), so mining sees the global batch
+    cross_sample_keys = ("feat",)
 
     def __init__(self, margin: float | None = 0.3, normalize: bool = False) -> None:
         super().__init__()

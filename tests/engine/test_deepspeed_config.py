@@ -51,3 +51,10 @@ def test_load_errors_name_the_file(tmp_path):
     (tmp_path / "list.json").write_text("[]")
     with pytest.raises(ValueError, match="JSON object"):
         load_template(tmp_path / "list.json")
+
+
+def test_gradient_accumulation_is_filled_and_a_fixed_other_value_refused():
+    template = {"gradient_accumulation_steps": "auto", "zero_optimization": {"stage": 1}}
+    assert fill_template(template, 12, 0.0, 1, grad_accum=3)["gradient_accumulation_steps"] == 3
+    with pytest.raises(ValueError, match="gradient_accumulation_steps is 2.*engine.grad_accum_steps is 3"):
+        fill_template({**template, "gradient_accumulation_steps": 2}, 12, 0.0, 1, grad_accum=3)
