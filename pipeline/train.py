@@ -1,6 +1,8 @@
 """DVC stage ``train``: DeepSpeed training on ``shards/<dataset>``, tracked in MLflow.
 
 Single process: ``python -m pipeline.train --params params.yaml --dataset msmt17``.
+SIGTERM (e.g. SLURM preemption) saves a mid-epoch checkpoint, marks the MLflow run KILLED and
+exits 1; ``--resume`` continues it (same MLflow run, same final weights).
 Several ranks: ``deepspeed --num_gpus N --module pipeline.train --params params.yaml --dataset msmt17``
 (on a CPU-only host, N ranks run with the gloo backend).
 """
@@ -8,10 +10,11 @@ Several ranks: ``deepspeed --num_gpus N --module pipeline.train --params params.
 import argparse
 import json
 import os
+import sys
 
 from pipeline import _cli
 from reid.data.protocols import Protocol
-from reid.engine.trainer import TrainSpec, model_meta, train
+from reid.engine.trainer import TrainingInterrupted, TrainSpec, model_meta, train
 from reid.evaluation.evaluate import EvalSpec, periodic_validator
 from reid.io import atomic_write_json
 from reid.tracking.mlflow_run import MlflowRun, resolve_tracking_uri
@@ -48,6 +51,11 @@ def main() -> None:
                                   val.period, params.optim.epochs)
     try:
         result = train(spec, resume=args.resume, log_metrics=run.log_metrics if run else None, validate=validate)
+    except TrainingInterrupted as stopped:
+        if run:
+            run.end("KILLED")
+        sys.exit(f"{args.dataset}: {stopped}; continue with: python -m pipeline.train --resume "
+                 f"--params {args.params} --dataset {args.dataset}")
     except BaseException:
         if run:
             run.end("FAILED")

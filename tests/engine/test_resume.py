@@ -1,5 +1,6 @@
 """Exact resume: stop after epoch 1 + resume == an uninterrupted run, bit for bit on CPU fp32."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -56,3 +57,30 @@ def test_resume_refuses_changed_params_and_missing_checkpoint(tiny_shards):
     proc = _run(params, out, "resume")
     assert proc.returncode != 0
     assert "loss.triplet.margin" in proc.stderr and "optim.lr" in proc.stderr
+
+
+def test_sigterm_mid_epoch_checkpoints_and_resume_equals_uninterrupted(tiny_shards):
+    params = tiny_params(tiny_shards, epochs=2)
+    raw = yaml.safe_load(params.read_text())
+    raw["loader"].update(erase_prob=0.5, color_jitter=0.2)
+    params.write_text(yaml.safe_dump(raw))
+    full, split = tiny_shards / "sigterm-full", tiny_shards / "sigterm-split"
+    _ok(_run(params, full, "full"))
+    steps_full = json.loads((full / "steps.json").read_text())
+    assert [s[:2] for s in steps_full] == [[e, s] for e in (1, 2) for s in (1, 2, 3, 4)]
+
+    killed = _run(params, split, "sigterm@1:2")  # SIGTERM after step 2 of the 4 of epoch 1
+    assert killed.returncode != 0 and "stopped by SIGTERM" in killed.stderr, killed.stderr[-3000:]
+    assert (split / "checkpoints" / "latest").read_text().strip() == "epoch-0000-step-000002"
+    assert not (split / "model.pt").exists()
+    _ok(_run(params, split, "resume"))
+    steps_resumed = json.loads((split / "steps.json").read_text())
+    assert [s[:2] for s in steps_resumed] == [[1, 3], [1, 4], [2, 1], [2, 2], [2, 3], [2, 4]]
+    assert steps_resumed == steps_full[2:]  # the same losses, step by step
+    a = torch.load(full / "model.pt", weights_only=True)
+    b = torch.load(split / "model.pt", weights_only=True)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    # the epoch averages of the interrupted epoch include the steps before the kill
+    assert json.loads((split / "history.json").read_text())[0]["loss"] == \
+        json.loads((full / "history.json").read_text())[0]["loss"]
