@@ -310,6 +310,7 @@ def train(spec: TrainSpec, resume: bool = False,
                 if first == 0:
                     sums = {}
                 engine.train()
+                skipped_before = loader.skipped
                 t0 = time.perf_counter()
                 img_s = 0.0
                 bar = tqdm(range(first, steps), desc=f"epoch {epoch + 1}/{spec.optim.epochs}",
@@ -341,7 +342,7 @@ def train(spec: TrainSpec, resume: bool = False,
                     next(loader)
                 epoch_logs = {k: v / steps for k, v in sums.items()}
                 epoch_logs.update(img_per_s=img_s, lr=engine.get_lr()[0], epoch_seconds=time.perf_counter() - t0,
-                                  world_size=dist.world_size, skipped_images=loader.skipped)
+                                  world_size=dist.world_size, skipped_images=loader.skipped - skipped_before)
                 if dist.is_main and validate is not None:
                     epoch_logs.update(validate(epoch + 1, engine.module))
                 barrier()
