@@ -25,7 +25,7 @@ the trainer computes them, cross-rank gathering of Criterion's cross-sample loss
 synthetic batch per rank: P x K standard-normal images, pids ``rank * P + i`` for i < P, each K
 times (so batch-hard triplet mining has positives and negatives). On CPU: gloo, fp32,
 ``torch.set_num_threads(max(1, os.cpu_count() // ranks))`` per rank. On CUDA: NCCL, bf16 autocast,
-channels_last model and images.
+channels_last images (weights contiguous, as in the trainer).
 
 Every variant first takes ``--warmup`` untimed steps; then ``--rounds`` rounds run the variants in
 turn (DDP, ZeRO-0, ZeRO-1, ZeRO-2, DDP, ...), ``--steps`` timed steps each, so drift of the machine's
@@ -93,9 +93,9 @@ def make_step(variant: str, args: argparse.Namespace, device: torch.device, batc
 
     params = load_params(REPO / "params.yaml")
     torch.manual_seed(args.seed)
+    # channels_last as the trainer does it: NHWC images, contiguous weights (DeepSpeed's parameter
+    # broadcast and flattening need contiguous parameters)
     model = build("resnet_bnneck", NUM_CLASSES, depth=args.depth).to(device).train()
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
     criterion = Criterion(model.losses, params.loss.model_dump(), {"num_classes": NUM_CLASSES})
     for _, _, fn in criterion.terms:
         fn.to(device)

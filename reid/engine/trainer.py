@@ -278,9 +278,9 @@ def train(spec: TrainSpec, resume: bool = False,
     model = build(spec.model.name, num_classes, **spec.model_kwargs())
     if spec.engine.sync_bn and dist.world_size > 1:
         model = convert_sync_batchnorm(model.to(dist.device))
+    # channels_last: the batches go NHWC and convolutions follow their input's layout. The weights
+    # stay contiguous: DeepSpeed broadcasts and flattens parameters as contiguous buffers.
     channels_last = _channels_last(spec.engine.channels_last, dist.device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
     criterion = Criterion(model.losses, spec.loss.model_dump(), {"num_classes": num_classes})
     optimizer = _optimizer(model, spec.optim)
     scheduler = build_scheduler(optimizer, steps // accum, spec.optim.warmup_epochs, spec.optim.warmup_factor,
