@@ -20,6 +20,7 @@ from pipeline import _cli
 from reid.data.protocols import Protocol
 from reid.engine.trainer import load_model
 from reid.evaluation.cross_domain import shard_test_split
+from reid.evaluation.rerank import RerankConfig
 from reid.evaluation.evaluate import (eval_device, eval_spec_for, flat_metrics, score, untrained_like,
                                       write_reports)
 from reid.tracking.mlflow_run import MlflowRun, load_logged_model, resolve_tracking_uri
@@ -35,13 +36,20 @@ def _print(label: str, sets: dict) -> None:
               f"{r['num_gallery']} gallery, {r['num_rounds']} round(s))")
 
 
+def _eval_settings(params) -> dict:
+    """``eval_spec_for`` keyword arguments from the ``eval`` and ``loader`` params."""
+    e = params.eval
+    rerank = RerankConfig(e.rerank.k1, e.rerank.k2, e.rerank.lambda_value) if e.rerank.enabled else None
+    return dict(metric=e.metric, flip=e.flip, batch_size=e.batch_size, max_rank=e.max_rank,
+                chunk_size=e.chunk_size, num_threads=params.loader.num_threads, backend=params.loader.backend,
+                dtype=e.dtype, query_expansion=e.query_expansion, rerank=rerank)
+
+
 def stage(args, params) -> None:
     run_dir = _cli.RUNS / args.dataset
     model, meta = load_model(run_dir)
     model.to(eval_device())
-    e = params.eval
-    spec = eval_spec_for(meta, _cli.SHARDS / args.dataset, e.metric, e.flip, e.batch_size, e.max_rank,
-                         e.chunk_size, params.loader.num_threads, params.loader.backend)
+    spec = eval_spec_for(meta, _cli.SHARDS / args.dataset, **_eval_settings(params))
     protocol = Protocol.read(_cli.MANIFESTS / f"{args.dataset}.protocol.json")
     results = {"trained": score(model, spec, protocol),
                "untrained": score(untrained_like(meta, params.engine.seed).to(eval_device()), spec, protocol)}
@@ -68,13 +76,11 @@ def cross(args, params) -> None:
         mlflow.set_tracking_uri(resolve_tracking_uri(params.mlflow.tracking_uri))
         model, meta = load_logged_model(args.model)
     model.to(eval_device())
-    e = params.eval
     with tempfile.TemporaryDirectory(prefix="reid-eval-") as tmp:
         protocol = shard_test_split(args.layout, args.root, Path(tmp), num_draws=args.num_draws,
                                     gallery_seed=args.gallery_seed, dataset=Path(args.root).name,
                                     test_sets=args.test_sets, check_images=True)
-        spec = eval_spec_for(meta, Path(tmp), e.metric, e.flip, e.batch_size, e.max_rank, e.chunk_size,
-                             params.loader.num_threads, params.loader.backend)
+        spec = eval_spec_for(meta, Path(tmp), **_eval_settings(params))
         result = score(model, spec, protocol)
     out = Path(args.out)
     write_reports({"trained": result}, out / "metrics.json", out, title=f"CMC: {args.model} on {args.root}")

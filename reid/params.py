@@ -269,14 +269,29 @@ class EngineParams(_Section):
     launcher: str = "python -m"
 
 
+class RerankParams(_Section):
+    """``eval.rerank``: k-reciprocal re-ranking (Zhong et al., CVPR 2017; paper defaults k1 = 20,
+    k2 = 6, lambda = 0.3). When enabled, every set is also scored re-ranked (``<set>_rerank``)."""
+
+    enabled: bool = False
+    k1: int = Field(default=20, gt=0)
+    k2: int = Field(default=6, gt=0)
+    lambda_value: float = Field(default=0.3, ge=0.0, le=1.0)
+
+
 class EvalParams(_Section):
-    """``eval``: feature extraction and ranking."""
+    """``eval``: feature extraction and ranking. ``dtype``: the distance matmul's input precision
+    (fp32 accumulate); ``query_expansion``: average query expansion over the top-k gallery
+    neighbours (0 = off); ``chunk_size``: queries per distance block (memory O(chunk x gallery))."""
 
     metric: Literal["euclidean", "cosine"]
     flip: bool
     batch_size: int = Field(gt=0)
     max_rank: int = Field(gt=0)
     chunk_size: int = Field(gt=0)
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    query_expansion: int = Field(default=0, ge=0)
+    rerank: RerankParams = RerankParams()
 
 
 class ValidationParams(_Section):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -13,7 +14,9 @@ from reid.data.protocols import GALLERY_CAMID, QUERY_CAMID, Protocol, ProtocolEr
 from reid.data.shards import ShardsIndex
 from reid.evaluation.features import extract_split_features
 from reid.evaluation.plots import plot_cmc, write_cmc_table
-from reid.evaluation.rank_metrics import rank_metrics
+from reid.evaluation.query_expansion import average_query_expansion
+from reid.evaluation.rank_metrics import rank_metrics, rank_metrics_from_distances
+from reid.evaluation.rerank import RerankConfig, rerank_distance_chunks
 from reid.io import atomic_write_json
 
 
@@ -32,6 +35,10 @@ class EvalSpec:
         chunk_size: queries per distance chunk in :func:`rank_metrics`.
         num_threads: DALI CPU threads / DataLoader decode threads.
         backend: loader backend, ``dali`` or ``torch`` (see ``reid.data.loaders``).
+        dtype: distance matmul input precision, ``float32`` or ``bfloat16`` (fp32 accumulate).
+        query_expansion: average query expansion over this many top gallery neighbours (0: off).
+        rerank: k-reciprocal re-ranking settings; when given, every set is also scored re-ranked
+            under the name ``<set>_rerank``.
     """
 
     shards_dir: Path
@@ -45,6 +52,9 @@ class EvalSpec:
     chunk_size: int = 256
     num_threads: int = 2
     backend: str = "dali"
+    dtype: str = "float32"
+    query_expansion: int = 0
+    rerank: Optional[RerankConfig] = None
 
 
 METRICS = ("rank1", "rank5", "rank10", "mAP", "mINP")
@@ -93,7 +103,8 @@ def score(model: torch.nn.Module, spec: EvalSpec, protocol: Protocol, distribute
     gives the same numbers either way.
 
     Returns:
-        set name (``query_gallery``, or a test list such as ``test_1000``) -> ``{"rank1",
+        set name (``query_gallery``, or a test list such as ``test_1000``; plus ``<set>_rerank``
+        with ``spec.rerank``) -> ``{"rank1",
         "rank5", "rank10", "mAP", "mINP"}`` as fractions in [0, 1] (means over rounds), their
         ``<metric>_std`` over rounds when there are several, ``num_rounds``, the per-round counts
         ``num_query``, ``num_gallery``, ``num_valid_queries``, ``num_excluded_queries``, and
@@ -126,9 +137,20 @@ def score(model: torch.nn.Module, spec: EvalSpec, protocol: Protocol, distribute
             q_cam, g_cam = f.camids[qi.numpy()], f.camids[gi.numpy()]
         else:
             q_cam, g_cam = np.full(len(qi), QUERY_CAMID), np.full(len(gi), GALLERY_CAMID)
-        res = rank_metrics(f.feats[qi], f.feats[gi], f.pids[qi.numpy()], f.pids[gi.numpy()], q_cam, g_cam,
-                           metric=spec.metric, max_rank=spec.max_rank, chunk_size=spec.chunk_size)
+        qf, gf = f.feats[qi], f.feats[gi]
+        q_pids, g_pids = f.pids[qi.numpy()], f.pids[gi.numpy()]
+        if spec.query_expansion:
+            qf = average_query_expansion(qf, gf, k=spec.query_expansion, chunk_size=spec.chunk_size,
+                                         metric=spec.metric)
+        res = rank_metrics(qf, gf, q_pids, g_pids, q_cam, g_cam, metric=spec.metric, max_rank=spec.max_rank,
+                           chunk_size=spec.chunk_size, dtype=spec.dtype)
         per_set.setdefault(rnd.name, []).append(_round_metrics(res, len(qi), len(gi)))
+        if spec.rerank is not None:
+            r = spec.rerank
+            chunks = rerank_distance_chunks(qf, gf, k1=r.k1, k2=r.k2, lambda_value=r.lambda_value,
+                                            chunk_size=spec.chunk_size, metric=spec.metric)
+            res = rank_metrics_from_distances(chunks, q_pids, g_pids, q_cam, g_cam, max_rank=spec.max_rank)
+            per_set.setdefault(f"{rnd.name}_rerank", []).append(_round_metrics(res, len(qi), len(gi)))
     return {name: _aggregate(rounds) for name, rounds in per_set.items()}
 
 
@@ -164,11 +186,14 @@ def flat_metrics(sets: dict[str, dict], prefix: str = "") -> dict[str, float]:
 
 
 def eval_spec_for(meta: dict, shards_dir: Path, metric: str, flip: bool, batch_size: int,
-                  max_rank: int, chunk_size: int, num_threads: int = 2, backend: str = "dali") -> EvalSpec:
+                  max_rank: int, chunk_size: int, num_threads: int = 2, backend: str = "dali",
+                  dtype: str = "float32", query_expansion: int = 0,
+                  rerank: Optional[RerankConfig] = None) -> EvalSpec:
     """An :class:`EvalSpec` whose input transform is the one the model was trained with (``meta``)."""
     return EvalSpec(shards_dir=Path(shards_dir), image_size=tuple(meta["image_size"]), mean=tuple(meta["mean"]),
                     std=tuple(meta["std"]), metric=metric, flip=flip, batch_size=batch_size,
-                    max_rank=max_rank, chunk_size=chunk_size, num_threads=num_threads, backend=backend)
+                    max_rank=max_rank, chunk_size=chunk_size, num_threads=num_threads, backend=backend,
+                    dtype=dtype, query_expansion=query_expansion, rerank=rerank)
 
 
 def untrained_like(meta: dict, seed: int) -> torch.nn.Module:

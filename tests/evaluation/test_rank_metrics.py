@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
-from reid.evaluation import rank_metrics
+from reid.evaluation.rank_metrics import _distance_chunks, rank_metrics, rank_metrics_from_distances
 
 # --------------------------------------------------------------------------------------------
 # Hand-worked example (1-D features, squared euclidean distance = (q - g)^2).
@@ -71,20 +74,29 @@ def test_hand_worked_single_query_and_torch_inputs():
 # Brute-force reference: full float64 distance matrix, per-query filtering, sort by
 # (distance, gallery index), metrics by definition.
 # --------------------------------------------------------------------------------------------
-def reference(qf, gf, q_pids, g_pids, q_camids, g_camids, metric, max_rank):
+def reference_distances(qf, gf, metric):
+    """Full float64 distance matrix: squared euclidean or 1 - cos."""
     qf = np.asarray(qf, dtype=np.float64)
     gf = np.asarray(gf, dtype=np.float64)
     if metric == "cosine":
         qf = qf / np.linalg.norm(qf, axis=1, keepdims=True)
         gf = gf / np.linalg.norm(gf, axis=1, keepdims=True)
-        dist = 1.0 - qf @ gf.T
-    else:
-        dist = ((qf[:, None, :] - gf[None, :, :]) ** 2).sum(-1)
+        return 1.0 - qf @ gf.T
+    return ((qf[:, None, :] - gf[None, :, :]) ** 2).sum(-1)
+
+
+def reference(qf, gf, q_pids, g_pids, q_camids, g_camids, metric, max_rank):
+    dist = reference_distances(qf, gf, metric)
+    return reference_from_distances(dist, q_pids, g_pids, q_camids, g_camids, max_rank)
+
+
+def reference_from_distances(dist, q_pids, g_pids, q_camids, g_camids, max_rank):
     cmcs, aps, inps, excluded = [], [], [], 0
-    for i in range(len(qf)):
-        keep = [j for j in range(len(gf))
+    num_q, num_g = dist.shape
+    for i in range(num_q):
+        keep = [j for j in range(num_g)
                 if g_pids[j] != -1 and not (g_pids[j] == q_pids[i] and g_camids[j] == q_camids[i])]
-        order = sorted(keep, key=lambda j: (dist[i, j], j))
+        order = sorted(keep, key=lambda j: (dist[i, j], j))  # sorted() is exact on +-inf too
         pos_ranks = [r for r, j in enumerate(order, start=1) if g_pids[j] == q_pids[i]]
         if not pos_ranks:
             excluded += 1
@@ -154,6 +166,22 @@ def test_matches_brute_force_reference(metric, kind):
             assert_same(out, ref)
         checked += 1
     assert checked >= 15
+
+
+def test_int64_fallback_and_tie_batches_match_brute_force(monkeypatch):
+    # Force the int64 bucket path (taken when rows * (P+1) >= 2^31) and tiny batches of tied entries.
+    rm = importlib.import_module("reid.evaluation.rank_metrics")  # the module, not the function
+    monkeypatch.setattr(rm, "_INT32_MAX", 1)
+    monkeypatch.setattr(rm, "_TIE_BATCH", 2)
+    checked = 0
+    for seed in range(8):
+        problem = random_problem(seed, "coarse")
+        ref = reference(*problem, metric="euclidean", max_rank=20)
+        if ref["num_valid_queries"] == 0:
+            continue
+        assert_same(rank_metrics(*problem, max_rank=20, chunk_size=5), ref)
+        checked += 1
+    assert checked >= 5
 
 
 def test_brute_force_reference_sees_ties_and_junk():
@@ -237,20 +265,68 @@ def test_cosine_is_scale_invariant_and_differs_from_euclidean():
     assert rank_metrics(*args, metric="euclidean", max_rank=2)["mAP"] == 0.5
 
 
-def test_chunks_bound_the_sorted_block(monkeypatch):
-    # The only sort is per chunk: it never sees more than chunk_size query rows.
-    seen = []
-    real_sort = torch.sort
+class _OpRecorder(TorchDispatchMode):
+    """Records every aten op run inside it: (op, input shapes) and the bytes of each new tensor."""
 
-    def spy(x, *a, **k):
-        seen.append(tuple(x.shape))
-        return real_sort(x, *a, **k)
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+        self.max_new_bytes = 0
 
-    monkeypatch.setattr(torch, "sort", spy)
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        shapes = [tuple(a.shape) for a in args if isinstance(a, torch.Tensor)]
+        self.calls.append((func.overloadpacket, shapes))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor) and not t._is_view():
+                self.max_new_bytes = max(self.max_new_bytes, t.untyped_storage().nbytes())
+        return out
+
+
+SORTING_OPS = {torch.ops.aten.sort, torch.ops.aten.argsort, torch.ops.aten.msort, torch.ops.aten.topk,
+               torch.ops.aten.kthvalue}
+
+
+def test_no_row_is_sorted():
+    # Rows are never sorted: the only sort is of each chunk's positive keys, (rows <= chunk_size,
+    # max positives per query + 1), and every (rows, G) op sees at most chunk_size rows.
     qf, gf, q_pids, g_pids, q_camids, g_camids = random_problem(0, "coarse")
-    rank_metrics(qf, gf, q_pids, g_pids, q_camids, g_camids, chunk_size=7)
-    assert seen and all(rows <= 7 and cols == len(gf) for rows, cols in seen)
-    assert sum(rows for rows, _ in seen) == len(qf)
+    chunk = 7
+    with _OpRecorder() as rec:
+        rank_metrics(qf, gf, q_pids, g_pids, q_camids, g_camids, chunk_size=chunk)
+    max_pos = max(int(((g_pids == p) & ~((g_pids == p) & (g_camids == c))).sum())
+                  for p, c in zip(q_pids, q_camids))
+    sorts = [shapes[0] for op, shapes in rec.calls if op in SORTING_OPS]
+    assert sorts and all(len(s) == 2 and s[0] <= chunk and s[1] <= max_pos + 1 for s in sorts)
+    assert max_pos + 1 < len(gf)  # so a whole-row sort would be caught
+    searches = [shapes[1] for op, shapes in rec.calls if op == torch.ops.aten.searchsorted]
+    assert searches and sum(s[0] for s in searches if len(s) == 2) == len(qf)
+
+
+def _largest_new_tensor(num_q, num_g, chunk, metric, seed=0, dim=8):
+    rng = np.random.default_rng(seed)
+    qf = rng.standard_normal((num_q, dim)).astype(np.float32)
+    gf = rng.standard_normal((num_g, dim)).astype(np.float32)
+    q_pids, g_pids = rng.integers(0, 20, num_q), rng.integers(-1, 20, num_g)
+    q_camids, g_camids = rng.integers(0, 3, num_q), rng.integers(0, 3, num_g)
+    with _OpRecorder() as rec:
+        rank_metrics(qf, gf, q_pids, g_pids, q_camids, g_camids, metric=metric, chunk_size=chunk)
+    return rec.max_new_bytes
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_memory_bounded_largest_allocation_independent_of_q(metric):
+    # The largest tensor created inside rank_metrics is a (chunk, G) block, whatever Q: 16x more
+    # queries allocate nothing bigger (a full Q x G matrix would be 16x bigger). The inputs are
+    # small (D = 8) so that the block dominates.
+    chunk, num_g = 16, 1024
+    small = _largest_new_tensor(64, num_g, chunk, metric)
+    large = _largest_new_tensor(1024, num_g, chunk, metric)
+    assert small == large
+    assert 4 * chunk * num_g <= large <= 8 * chunk * num_g  # ~ chunk x G entries of 4-8 bytes
+    # ... and it grows with G (the block is chunk x G).
+    wider = _largest_new_tensor(64, 2 * num_g, chunk, metric)
+    assert wider >= 1.9 * small
 
 
 def test_errors():
@@ -279,6 +355,216 @@ def test_errors():
         rank_metrics(HAND_QF, HAND_GF, HAND_QP, HAND_GP.astype(np.float32), *args[4:])
 
 
+# --------------------------------------------------------------------------------------------
+# rank_metrics_from_distances
+# --------------------------------------------------------------------------------------------
+def uneven_chunks(dist, rng, to=torch.from_numpy):
+    """Yield (start, block) over the rows of dist with random block sizes (0 rows allowed)."""
+    start = 0
+    while start < len(dist):
+        rows = int(rng.integers(0, 6))
+        yield start, to(dist[start:start + rows])
+        start += rows
+
+
+@pytest.mark.parametrize("metric,kind", [("euclidean", "coarse"), ("euclidean", "fine"), ("cosine", "unit")])
+def test_from_distances_equals_rank_metrics(metric, kind):
+    # Features on exact grids: the float64 distances cast to float32 are exactly what rank_metrics
+    # computes, so both paths rank the same numbers (with many ties for "coarse" / "unit").
+    checked = 0
+    for seed in range(10):
+        problem = random_problem(seed, kind)
+        qf, gf, *labels = problem
+        try:
+            expected = rank_metrics(*problem, metric=metric, max_rank=20, chunk_size=5)
+        except ValueError:
+            continue
+        dist = reference_distances(qf, gf, metric).astype(np.float32)
+        rng = np.random.default_rng(seed)
+        for to in (torch.from_numpy, np.asarray):  # torch blocks and numpy blocks
+            out = rank_metrics_from_distances(uneven_chunks(dist, rng, to), *labels, max_rank=20)
+            assert_same(out, expected)
+        # one block for everything, torch labels
+        out = rank_metrics_from_distances([(0, torch.from_numpy(dist))],
+                                          *[torch.from_numpy(x) for x in labels], max_rank=20)
+        assert_same(out, expected)
+        checked += 1
+    assert checked >= 7
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_from_distances_matches_brute_force_with_ties_and_infinities(seed):
+    # Arbitrary distances (not from features): few distinct values, some +-inf.
+    rng = np.random.default_rng(seed)
+    num_q, num_g = int(rng.integers(3, 20)), int(rng.integers(5, 40))
+    dist = rng.integers(0, 4, size=(num_q, num_g)).astype(np.float64)
+    dist[rng.random(dist.shape) < 0.1] = np.inf
+    dist[rng.random(dist.shape) < 0.05] = -np.inf
+    q_pids, g_pids = rng.integers(0, 3, num_q), rng.integers(-1, 3, num_g)
+    q_camids, g_camids = rng.integers(0, 2, num_q), rng.integers(0, 2, num_g)
+    ref = reference_from_distances(dist, q_pids, g_pids, q_camids, g_camids, max_rank=10)
+    if ref["num_valid_queries"] == 0:
+        pytest.skip("no valid query in this draw")
+    for dtype in (np.float32, np.float64, np.float16):
+        blocks = uneven_chunks(dist.astype(dtype), rng)
+        out = rank_metrics_from_distances(blocks, q_pids, g_pids, q_camids, g_camids, max_rank=10)
+        assert_same(out, ref)
+
+
+def test_from_distances_ranks_float64_blocks_in_float64():
+    # 1 and 1 + 1e-12 are equal in float32 (tie -> lower index first) but not in float64.
+    dist = np.array([[1.0 + 1e-12, 1.0]])
+    args = ([0], [5, 0], [0], [1, 1])
+    assert rank_metrics_from_distances([(0, dist)], *args)["mAP"] == 1.0
+    assert rank_metrics_from_distances([(0, dist.astype(np.float32))], *args)["mAP"] == 0.5
+
+
+def test_from_distances_hand_worked_example():
+    dist = ((HAND_QF[:, None, 0] - HAND_GF[None, :, 0]) ** 2).astype(np.float32)
+    chunks = [(0, dist[:1]), (1, dist[1:1]), (1, dist[1:4])]
+    out = rank_metrics_from_distances(chunks, HAND_QP, HAND_GP, HAND_QC, HAND_GC, max_rank=10)
+    np.testing.assert_allclose(out["cmc"], [0.5] + [1.0] * 9, atol=1e-12)
+    assert out["mAP"] == pytest.approx((0.45 + 2 / 3) / 2, abs=1e-9)
+    assert out["mINP"] == pytest.approx((0.4 + 1 / 3) / 2, abs=1e-9)
+    assert (out["num_valid_queries"], out["num_excluded_queries"]) == (2, 2)
+
+
+def test_from_distances_errors():
+    dist = torch.from_numpy(((HAND_QF[:, None, 0] - HAND_GF[None, :, 0]) ** 2).astype(np.float32))
+    labels = (HAND_QP, HAND_GP, HAND_QC, HAND_GC)
+
+    def run(chunks, **kw):
+        return rank_metrics_from_distances(chunks, *labels, **kw)
+
+    with pytest.raises(ValueError, match=r"gap: queries \[2, 3\) are missing"):
+        run([(0, dist[:2]), (3, dist[3:])])
+    with pytest.raises(ValueError, match=r"overlap: queries \[1, 2\)"):
+        run([(0, dist[:2]), (1, dist[1:])])
+    with pytest.raises(ValueError, match="starts at 1"):
+        run([(1, dist[1:])])  # first block must start at 0
+    with pytest.raises(ValueError, match=r"queries \[3, 4\) are missing"):
+        run([(0, dist[:3])])
+    with pytest.raises(ValueError, match="Q = 4"):
+        run([(0, dist[:3]), (3, dist[:2])])  # reaches past Q
+    with pytest.raises(ValueError, match=r"shape \(rows, 8\)"):
+        run([(0, dist[:, :7])])
+    with pytest.raises(ValueError, match=r"shape \(rows, 8\)"):
+        run([(0, dist[0])])
+    with pytest.raises(ValueError, match="NaN"):
+        run([(0, torch.full_like(dist, float("nan")))])
+    with pytest.raises(TypeError, match="floating"):
+        run([(0, dist.to(torch.int64))])
+    with pytest.raises(TypeError, match="start must be an int"):
+        run([(0.0, dist)])
+    with pytest.raises(TypeError, match="pairs"):
+        run([dist])
+    with pytest.raises(TypeError, match="tensor or numpy"):
+        run([(0, dist.tolist())])
+    with pytest.raises(ValueError, match="max_rank"):
+        run([(0, dist)], max_rank=0)
+    with pytest.raises(ValueError, match="q_camids"):
+        rank_metrics_from_distances([(0, dist)], HAND_QP, HAND_GP, HAND_QC[:3], HAND_GC)
+    with pytest.raises(ValueError, match="no queries"):
+        rank_metrics_from_distances([], HAND_QP[:0], HAND_GP, HAND_QC[:0], HAND_GC)
+    with pytest.raises(ValueError, match="no valid query"):
+        rank_metrics_from_distances([(0, dist[2:])], HAND_QP[2:], HAND_GP, HAND_QC[2:], HAND_GC)
+
+
+# --------------------------------------------------------------------------------------------
+# bfloat16 distances
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("metric,kind", [("euclidean", "coarse"), ("euclidean", "fine"), ("cosine", "unit")])
+def test_bfloat16_equals_float32_on_exactly_representable_features(metric, kind):
+    # Grid features (multiples of 1/8 with <= 5 significant bits; +-1/2 after cosine normalisation)
+    # are exact in bfloat16, and so are their products accumulated in float32: same metrics, ties
+    # included.
+    for seed in range(6):
+        problem = random_problem(seed, kind)
+        try:
+            fp32 = rank_metrics(*problem, metric=metric, max_rank=20, chunk_size=7)
+        except ValueError:
+            continue
+        bf16 = rank_metrics(*problem, metric=metric, max_rank=20, chunk_size=7, dtype="bfloat16")
+        np.testing.assert_array_equal(bf16["cmc"], fp32["cmc"])
+        assert (bf16["mAP"], bf16["mINP"]) == (fp32["mAP"], fp32["mINP"])
+
+
+def separated_problem(seed):
+    """Unit features whose cosines to each query are distinct by >= 0.06 (bf16 error ~1e-2 at most).
+
+    Queries are +-e_i (i < 4) and gallery item j has coordinate i equal to v[perm_i(j)], v a grid of
+    16 values spaced 0.06 apart, so every query's gallery cosines are distinct and 0.06 apart; the
+    other 4 coordinates complete a unit vector. A random rotation makes every feature a generic
+    float (not exact in bfloat16); distinct camids remove nothing.
+    """
+    rng = np.random.default_rng(seed)
+    grid = -0.45 + 0.06 * np.arange(16)
+    g = np.zeros((16, 8))
+    for i in range(4):
+        g[:, i] = grid[rng.permutation(16)]
+    rest = rng.standard_normal((16, 4))
+    g[:, 4:] = rest / np.linalg.norm(rest, axis=1, keepdims=True) * np.sqrt(1 - (g[:, :4] ** 2).sum(1, keepdims=True))
+    q = np.concatenate([np.eye(4, 8), -np.eye(4, 8)])
+    rot = np.linalg.qr(rng.standard_normal((8, 8)))[0]
+    qf, gf = (q @ rot.T).astype(np.float32), (g @ rot.T).astype(np.float32)
+    q_pids, g_pids = rng.integers(0, 3, 8), rng.integers(0, 3, 16)
+    return qf, gf, q_pids, g_pids, np.zeros(8, np.int64), np.ones(16, np.int64)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_bfloat16_matches_float32_on_well_separated_features(metric):
+    maps = []
+    for seed in range(8):
+        problem = separated_problem(seed)
+        ref = reference(*problem, metric=metric, max_rank=16)
+        if ref["num_valid_queries"] == 0:
+            continue
+        fp32 = rank_metrics(*problem, metric=metric, max_rank=16, chunk_size=3)
+        bf16 = rank_metrics(*problem, metric=metric, max_rank=16, chunk_size=3, dtype="bfloat16")
+        assert_same(fp32, ref)
+        np.testing.assert_array_equal(bf16["cmc"], fp32["cmc"])
+        assert (bf16["mAP"], bf16["mINP"]) == (fp32["mAP"], fp32["mINP"])
+        maps.append(fp32["mAP"])
+    assert len(maps) >= 6 and min(maps) < 0.9  # rankings are not trivially perfect
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_bfloat16_distances_are_those_of_rounded_features(metric):
+    rng = np.random.default_rng(3)
+    qf = torch.from_numpy(rng.standard_normal((9, 32)).astype(np.float32))
+    gf = torch.from_numpy(rng.standard_normal((20, 32)).astype(np.float32))
+    got = torch.cat([d for _, d in _distance_chunks(qf, gf, metric, "bfloat16", 4)])
+    assert got.dtype == torch.float32 and got.shape == (9, 20)
+    if metric == "cosine":
+        qf, gf = torch.nn.functional.normalize(qf, dim=1), torch.nn.functional.normalize(gf, dim=1)
+    rq, rg = qf.bfloat16().double().numpy(), gf.bfloat16().double().numpy()
+    if metric == "cosine":  # 1 - <q, g> of the rounded unit vectors (not re-normalised)
+        want = 1.0 - rq @ rg.T
+    else:
+        want = reference_distances(rq, rg, "euclidean")
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-5)
+    full = reference_distances(qf.double().numpy(), gf.double().numpy(), "euclidean" if metric == "euclidean" else "cosine")
+    assert np.abs(got.numpy() - full).max() > 1e-4  # the rounding really happened
+
+
+def test_bfloat16_rounding_changes_the_ranking_as_documented():
+    # 1 + 2^-10 and 1 - 2^-12 both round to 1.0 in bfloat16 (8 significant bits): in float32 the
+    # positive g1 is nearer to q = 1; in bfloat16 both distances are 0 and the tie goes to g0.
+    qf = np.array([[1.0]], dtype=np.float32)
+    gf = np.array([[1.0 + 2**-10], [1.0 - 2**-12]], dtype=np.float32)
+    args = (qf, gf, [1], [2, 1], [0], [1, 1])
+    assert rank_metrics(*args, max_rank=2)["mAP"] == 1.0
+    assert rank_metrics(*args, max_rank=2, dtype="bfloat16")["mAP"] == 0.5
+
+
+def test_dtype_error():
+    args = (HAND_QF, HAND_GF, HAND_QP, HAND_GP, HAND_QC, HAND_GC)
+    with pytest.raises(ValueError, match="float16"):
+        rank_metrics(*args, dtype="float16")
+    with pytest.raises(ValueError, match="dtype"):
+        rank_metrics(*args, dtype=torch.bfloat16)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu():
     problem = random_problem(5, "fine")
@@ -286,4 +572,15 @@ def test_cuda_matches_cpu():
     qf, gf, *labels = problem
     gpu = rank_metrics(torch.from_numpy(qf).cuda(), torch.from_numpy(gf).cuda(),
                        *[torch.from_numpy(x).cuda() for x in labels], chunk_size=7)
+    assert_same(gpu, cpu)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_bfloat16_matches_cpu():
+    # bf16 matmul with float32 output on CUDA (torch.mm out_dtype); grid features are exact.
+    problem = random_problem(5, "fine")
+    cpu = rank_metrics(*problem, chunk_size=7, dtype="bfloat16")
+    qf, gf, *labels = problem
+    gpu = rank_metrics(torch.from_numpy(qf).cuda(), torch.from_numpy(gf).cuda(),
+                       *[torch.from_numpy(x).cuda() for x in labels], chunk_size=7, dtype="bfloat16")
     assert_same(gpu, cpu)
