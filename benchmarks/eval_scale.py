@@ -16,7 +16,8 @@ Measured, each in a fresh subprocess (so its peak RSS, ``ru_maxrss``, is its own
   removed, CMC, AP) and mINP: what fast-reid/torchreid do, O(Q x G) memory;
 * ``ours``: ``rank_metrics(..., chunk_size=--chunk)`` on the same data (query chunks, O(chunk x G)).
 
-At each fraction both run and must agree (Rank-1, mAP, mINP to 1e-6); at full size only ours runs
+At each fraction both run and must agree (Rank-1, mAP, mINP to 1e-4: both rank float32 distances,
+but NumPy's and torch's matmuls round differently, so near-ties can swap); at full size only ours runs
 (the reference would need ~11 GB: a 3.8 GB distance matrix and a 7.7 GB int64 argsort). Times are
 wall seconds of the metric computation only (data generation excluded); peak RSS includes the
 features. With ``--device cuda`` ours runs on the GPU (``torch.cuda.max_memory_allocated`` is
@@ -54,7 +55,7 @@ def make_data(fraction: float, dim: int, seed: int) -> dict:
     centres = rng.standard_normal((ids, dim), dtype=np.float32)
     q_pids = rng.integers(0, ids, nq)
     g_pids = rng.integers(0, ids, ng)
-    noise = np.float32(1.2)
+    noise = np.float32(4.0)  # same-id and different-id distance distributions overlap: mAP well below 1
     qf = centres[q_pids] + noise * rng.standard_normal((nq, dim), dtype=np.float32)
     gf = centres[g_pids] + noise * rng.standard_normal((ng, dim), dtype=np.float32)
     return {"qf": qf, "gf": gf, "q_pids": q_pids, "g_pids": g_pids,
@@ -185,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     for f in args.fractions:
         ref, ours = run("reference", f, args), run("ours", f, args)
         diff = max(abs(ref[k] - ours[k]) for k in ("rank1", "mAP", "mINP"))
-        if diff > 1e-6:
+        if diff > 1e-4:
             raise SystemExit(f"fraction {f}: ours and the reference disagree by {diff:.2e}")
         rows.append({"fraction": f, "reference": ref, "ours": ours})
     if not args.no_full:
