@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -60,6 +60,30 @@ class EvalSpec:
 METRICS = ("rank1", "rank5", "rank10", "mAP", "mINP")
 
 
+@dataclass(frozen=True)
+class RoundData:
+    """What one scored round ranked (for reports: rank lists, distance histograms).
+
+    Attributes:
+        name, index: the set (``query_gallery``, ``test_1000``, ...) and the 0-based round.
+        qf, gf: ``(Q, D)`` / ``(G, D)`` float32 CPU features as ranked (after query expansion).
+        q_pids, g_pids, q_camids, g_camids: ``(Q,)`` / ``(G,)`` int64 labels as ranked (drawn rounds:
+            query camid 0, gallery camid 1).
+        q_keys, g_keys: the sample keys (to read the images from the shards).
+    """
+
+    name: str
+    index: int
+    qf: torch.Tensor
+    gf: torch.Tensor
+    q_pids: np.ndarray
+    g_pids: np.ndarray
+    q_camids: np.ndarray
+    g_camids: np.ndarray
+    q_keys: list[str]
+    g_keys: list[str]
+
+
 def _round_metrics(res: dict, num_query: int, num_gallery: int) -> dict:
     cmc = res["cmc"]
     return {
@@ -86,7 +110,8 @@ def _aggregate(rounds: list[dict]) -> dict:
     return out
 
 
-def score(model: torch.nn.Module, spec: EvalSpec, protocol: Protocol, distributed: bool = False) -> dict[str, dict]:
+def score(model: torch.nn.Module, spec: EvalSpec, protocol: Protocol, distributed: bool = False,
+          on_round: Optional[Callable[[RoundData], None]] = None) -> dict[str, dict]:
     """Compute CMC, mAP and mINP of ``model`` for every set of ``protocol``.
 
     Features are extracted once (``query`` + ``gallery`` shards for a fixed protocol, ``test``
@@ -115,6 +140,8 @@ def score(model: torch.nn.Module, spec: EvalSpec, protocol: Protocol, distribute
             them, or a round without a valid query.
         PeerExtractionError: (``distributed``) on the ranks whose share was read while another
             rank's extraction failed.
+
+    ``on_round``, if given, is called with each round's :class:`RoundData` after it is scored.
     """
     index = ShardsIndex.load(spec.shards_dir)
     cfg = AugmentConfig(image_size=tuple(spec.image_size), mean=tuple(spec.mean), std=tuple(spec.std),
@@ -151,6 +178,9 @@ def score(model: torch.nn.Module, spec: EvalSpec, protocol: Protocol, distribute
                                             chunk_size=spec.chunk_size, metric=spec.metric)
             res = rank_metrics_from_distances(chunks, q_pids, g_pids, q_cam, g_cam, max_rank=spec.max_rank)
             per_set.setdefault(f"{rnd.name}_rerank", []).append(_round_metrics(res, len(qi), len(gi)))
+        if on_round is not None:
+            on_round(RoundData(rnd.name, rnd.index, qf.cpu(), gf.cpu(), q_pids, g_pids, np.asarray(q_cam),
+                               np.asarray(g_cam), list(rnd.query), list(rnd.gallery)))
     return {name: _aggregate(rounds) for name, rounds in per_set.items()}
 
 
