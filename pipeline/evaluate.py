@@ -21,8 +21,8 @@ from reid.data.protocols import Protocol
 from reid.engine.trainer import load_model
 from reid.evaluation.cross_domain import shard_test_split
 from reid.evaluation.rerank import RerankConfig
-from reid.evaluation.evaluate import (eval_device, eval_spec_for, flat_metrics, score, untrained_like,
-                                      write_reports)
+from reid.evaluation.evaluate import (eval_device, eval_spec_for, first_round_recorder, flat_metrics, score,
+                                      untrained_like, write_reports, write_visual_reports)
 from reid.tracking.mlflow_run import MlflowRun, load_logged_model, resolve_tracking_uri
 from pipeline.train import RUN_FILE
 
@@ -51,10 +51,16 @@ def stage(args, params) -> None:
     model.to(eval_device())
     spec = eval_spec_for(meta, _cli.SHARDS / args.dataset, **_eval_settings(params))
     protocol = Protocol.read(_cli.MANIFESTS / f"{args.dataset}.protocol.json")
-    results = {"trained": score(model, spec, protocol),
-               "untrained": score(untrained_like(meta, params.engine.seed).to(eval_device()), spec, protocol)}
+    models = {"trained": model, "untrained": untrained_like(meta, params.engine.seed).to(eval_device())}
+    results, rounds = {}, {}
+    for label, m in models.items():
+        record, rounds[label] = first_round_recorder()
+        results[label] = score(m, spec, protocol, on_round=record)
     paths = write_reports(results, _cli.METRICS / f"{args.dataset}.json", _cli.PLOTS / args.dataset,
                           title=f"CMC: {args.dataset}")
+    for label, (rnd,) in rounds.items():
+        paths.update(write_visual_reports(rnd, spec.shards_dir, _cli.PLOTS / args.dataset, label,
+                                          f"{args.dataset} {label}", spec.metric, seed=params.engine.seed))
     for label, r in results.items():
         _print(f"{args.dataset} {label}", r)
     run_info = json.loads((run_dir / RUN_FILE).read_text())

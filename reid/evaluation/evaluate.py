@@ -12,8 +12,10 @@ import torch
 from reid.data.loaders import AugmentConfig
 from reid.data.protocols import GALLERY_CAMID, QUERY_CAMID, Protocol, ProtocolError
 from reid.data.shards import ShardsIndex
-from reid.evaluation.features import extract_split_features
-from reid.evaluation.plots import plot_cmc, write_cmc_table
+from reid.evaluation.features import Features, extract_split_features
+from reid.evaluation.plots import (DISTANCE_LABELS, plot_cmc, plot_distance_histograms, sample_pair_distances,
+                                   write_cmc_table)
+from reid.evaluation.rank_lists import write_rank_lists
 from reid.evaluation.query_expansion import average_query_expansion
 from reid.evaluation.rank_metrics import rank_metrics, rank_metrics_from_distances
 from reid.evaluation.rerank import RerankConfig, rerank_distance_chunks
@@ -208,6 +210,45 @@ def write_reports(results: dict[str, dict[str, dict]], metrics_path: Path, plots
         paths[f"{label}_cmc_csv"] = write_cmc_table({name: r["cmc"] for name, r in sets.items()},
                                                     plots_dir / f"cmc_{label}.csv")
     return paths
+
+
+def first_round_recorder() -> tuple[Callable[[RoundData], None], list[RoundData]]:
+    """An ``on_round`` hook for :func:`score` that keeps the first round it sees (round 0 of the
+    first set), and the list it is kept in."""
+    kept: list[RoundData] = []
+
+    def record(rnd: RoundData) -> None:
+        if not kept:
+            kept.append(rnd)
+
+    return record, kept
+
+
+def write_visual_reports(rnd: RoundData, shards_dir: Path, plots_dir: Path, label: str, title: str,
+                         metric: str, seed: int = 0) -> dict[str, Path]:
+    """Rank lists and distance histograms of one scored round.
+
+    Writes ``plots_dir/rank_lists_<label>.png`` (8 sampled queries with a valid match, each with its
+    top-10 gallery images: green border = same pid, red = another; distance under each) and
+    ``plots_dir/distances_<label>.png`` (density histograms of positive vs negative query-gallery
+    distances, up to 200,000 pairs of each, sampled with ``seed``), atomically.
+
+    Returns:
+        ``{"rank_lists_<label>.png": path, "distances_<label>.png": path}``.
+
+    Raises:
+        ShardsError: an image cannot be read from ``shards_dir``.
+    """
+    index = ShardsIndex.load(shards_dir)
+    query = Features(rnd.qf, rnd.q_pids, rnd.q_camids, rnd.q_keys)
+    gallery = Features(rnd.gf, rnd.g_pids, rnd.g_camids, rnd.g_keys)
+    lists = write_rank_lists(index, query, gallery, Path(plots_dir) / f"rank_lists_{label}.png", n_queries=8, k=10,
+                             seed=seed, metric=metric, title=f"{title}: {rnd.name} top-10")
+    pos, neg = sample_pair_distances(rnd.qf, rnd.gf, rnd.q_pids, rnd.g_pids, rnd.q_camids, rnd.g_camids,
+                                     seed=seed, metric=metric)
+    hist = Path(plots_dir) / f"distances_{label}.png"
+    plot_distance_histograms(pos, neg, hist, f"{title}: {rnd.name} distances", xlabel=DISTANCE_LABELS[metric])
+    return {lists.name: lists, hist.name: hist}
 
 
 def flat_metrics(sets: dict[str, dict], prefix: str = "") -> dict[str, float]:

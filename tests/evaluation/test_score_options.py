@@ -55,3 +55,21 @@ def test_query_expansion_and_bf16_change_only_what_they_should(data):
     assert any(expanded[k] != plain[k] for k in KEYS)
     bf16 = score(TinyNet(), replace(spec, dtype="bfloat16"), protocol)["query_gallery"]
     assert bf16["mAP"] == pytest.approx(plain["mAP"], abs=0.1)
+
+
+def test_visual_reports_of_the_first_round(data, tmp_path):
+    from PIL import Image
+
+    from reid.evaluation.evaluate import first_round_recorder, write_visual_reports
+
+    spec, protocol = data
+    record, kept = first_round_recorder()
+    score(TinyNet(), spec, protocol, on_round=record)
+    assert len(kept) == 1 and kept[0].name == "query_gallery" and kept[0].index == 0
+    rnd = kept[0]
+    assert rnd.qf.shape[0] == len(rnd.q_keys) == len(rnd.q_pids) and rnd.gf.shape[0] == len(rnd.g_keys)
+    paths = write_visual_reports(rnd, spec.shards_dir, tmp_path, "trained", "tiny", spec.metric)
+    assert sorted(paths) == ["distances_trained.png", "rank_lists_trained.png"]
+    for p in paths.values():
+        with Image.open(p) as im:
+            assert im.format == "PNG" and im.width > 100
