@@ -10,13 +10,23 @@ import numpy as np
 import torch
 
 from reid.evaluation.rank_lists import PairTable
-from reid.evaluation.rank_metrics import METRICS, _device_of, _features
+from reid.evaluation.rank_metrics import METRICS, _int_at_least, _query_gallery
 from reid.io import atomic_write_bytes, atomic_write_text
 
 __all__ = ["DISTANCE_LABELS", "plot_cmc", "plot_distance_histograms", "sample_pair_distances", "write_cmc_csv"]
 
 DISTANCE_LABELS = {"euclidean": "squared euclidean distance", "cosine": "cosine distance (1 - cos)"}
 """x-axis label of :func:`plot_distance_histograms` for each ``rank_metrics`` metric."""
+
+
+def _save_png(fig, path: str | Path) -> Path:
+    """Render ``fig`` to PNG bytes (no "Software" tag, so equal figures give equal bytes) and write
+    them to ``path`` atomically; returns the path."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    path = Path(path)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
 
 
 def _as_cmc(cmc: Any, name: str) -> np.ndarray:
@@ -91,11 +101,7 @@ def plot_cmc(
     ax.legend(loc="lower right", fontsize="small")
     fig.tight_layout()
 
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", metadata={"Software": None})
-    path = Path(path)
-    atomic_write_bytes(path, buf.getvalue())
-    return path
+    return _save_png(fig, path)
 
 
 def write_cmc_csv(cmc: Any, path: str | Path) -> Path:
@@ -194,11 +200,7 @@ def plot_distance_histograms(pos: np.ndarray, neg: np.ndarray, path: str | Path,
     ax.legend(loc="upper right", fontsize="small")
     fig.tight_layout()
 
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", metadata={"Software": None})
-    path = Path(path)
-    atomic_write_bytes(path, buf.getvalue())
-    return path
+    return _save_png(fig, path)
 
 
 def _draw(rng: np.random.Generator, total: int, max_pairs: int) -> np.ndarray:
@@ -255,18 +257,11 @@ def sample_pair_distances(qf: Any, gf: Any, q_pids: Any, g_pids: Any, q_camids: 
     """
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; expected one of {', '.join(METRICS)}")
-    for name, value, low in (("max_pairs", max_pairs, 1), ("chunk_size", chunk_size, 1), ("seed", seed, 0)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-            raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-    device = _device_of(qf)
-    qf_t, gf_t = _features(qf, "qf", device), _features(gf, "gf", device)
-    if gf_t.shape[1] != qf_t.shape[1]:
-        raise ValueError(f"gf must have shape (G, {qf_t.shape[1]}) to match qf, got shape {tuple(gf_t.shape)}")
-    for name, labels, n in (("q_pids", q_pids, qf_t.shape[0]), ("q_camids", q_camids, qf_t.shape[0]),
-                            ("g_pids", g_pids, gf_t.shape[0]), ("g_camids", g_camids, gf_t.shape[0])):
-        if np.shape(labels) != (n,):
-            raise ValueError(f"{name} must have shape ({n},), got shape {tuple(np.shape(labels))}")
-    table = PairTable(q_pids, q_camids, g_pids, g_camids)
+    max_pairs = _int_at_least(max_pairs, "max_pairs", 1)
+    chunk_size = _int_at_least(chunk_size, "chunk_size", 1)
+    seed = _int_at_least(seed, "seed", 0)
+    device, qf_t, gf_t, qp, gp, qc, gc = _query_gallery(qf, gf, q_pids, g_pids, q_camids, g_camids)
+    table = PairTable(qp, qc, gp, gc)
     if metric == "cosine":
         qf_t = torch.nn.functional.normalize(qf_t, p=2, dim=1)
         gf_t = torch.nn.functional.normalize(gf_t, p=2, dim=1)
@@ -281,9 +276,9 @@ def sample_pair_distances(qf: Any, gf: Any, q_pids: Any, g_pids: Any, q_camids: 
                 out[s:s + chunk_size] = d.cpu().numpy()
         return out
 
-    rng_pos, rng_neg = (np.random.default_rng(s) for s in np.random.SeedSequence(int(seed)).spawn(2))
-    qi, j = _locate(table.num_pos, _draw(rng_pos, int(table.num_pos.sum()), int(max_pairs)))
+    rng_pos, rng_neg = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
+    qi, j = _locate(table.num_pos, _draw(rng_pos, int(table.num_pos.sum()), max_pairs))
     pos = distances(qi, table.positive(qi, j))
-    qi, j = _locate(table.num_neg, _draw(rng_neg, int(table.num_neg.sum()), int(max_pairs)))
+    qi, j = _locate(table.num_neg, _draw(rng_neg, int(table.num_neg.sum()), max_pairs))
     neg = distances(qi, table.negative(qi, j))
     return pos, neg

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from reid.evaluation.rank_metrics import METRICS, _device_of, _features
+from reid.evaluation.rank_metrics import METRICS, _feature_pair, _int_at_least
 from reid.evaluation.rerank import _distances, _is_int
 
 __all__ = ["average_query_expansion"]
@@ -63,17 +63,12 @@ def average_query_expansion(
             ``normalize`` not a bool or None, wrongly shaped or non-finite features.
         TypeError: non-real features.
     """
-    if not _is_int(chunk_size) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
+    chunk_size = _int_at_least(chunk_size, "chunk_size")
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; expected one of {', '.join(METRICS)}")
     if normalize is not None and not isinstance(normalize, bool):
         raise ValueError(f"normalize must be True, False or None, got {normalize!r}")
-    device = _device_of(qf)
-    q = _features(qf, "qf", device)
-    g = _features(gf, "gf", device)
-    if g.shape[1] != q.shape[1]:
-        raise ValueError(f"gf must have shape (G, {q.shape[1]}) to match qf, got shape {tuple(g.shape)}")
+    _, q, g = _feature_pair(qf, gf)
     if not _is_int(k) or not 0 <= k <= g.shape[0]:
         raise ValueError(f"k must be an int in [0, G={g.shape[0]}], got {k!r}")
     k = int(k)

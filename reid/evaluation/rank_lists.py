@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
 
-from reid.evaluation.rank_metrics import METRICS, _device_of, _features, _labels
+from reid.evaluation.rank_metrics import METRICS, _distance_chunks, _int_at_least, _labels, _query_gallery
 from reid.io import atomic_write_bytes
 
 if TYPE_CHECKING:  # not at run time: it would pull in the data loaders
@@ -57,12 +57,6 @@ _TILE_FILL = (235, 235, 235)  # letterbox colour inside a tile
 _TEXT = (0, 0, 0)
 
 
-def _int(value: Any, name: str, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-    return int(value)
-
-
 # --------------------------------------------------------------------------------------------
 # which queries, and their top-k gallery entries
 
@@ -77,9 +71,9 @@ def sample_queries(num_queries: int, n: int, seed: int = 0) -> np.ndarray:
     Raises:
         ValueError: ``num_queries``, ``n`` or ``seed`` is not an int ``>= 0``.
     """
-    num_queries = _int(num_queries, "num_queries", 0)
-    n = _int(n, "n", 0)
-    seed = _int(seed, "seed", 0)
+    num_queries = _int_at_least(num_queries, "num_queries", 0)
+    n = _int_at_least(n, "n", 0)
+    seed = _int_at_least(seed, "seed", 0)
     if n >= num_queries:
         return np.arange(num_queries, dtype=np.int64)
     picked = np.random.default_rng(int(seed)).choice(num_queries, size=n, replace=False)
@@ -139,19 +133,10 @@ def top_k_gallery(qf: Any, gf: Any, q_idx: Any, q_pids: Any, g_pids: Any, q_cami
     """
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; expected one of {', '.join(METRICS)}")
-    k = _int(k, "k", 1)
-    chunk_size = _int(chunk_size, "chunk_size", 1)
-    device = _device_of(qf)
-    qf_t = _features(qf, "qf", device)
-    gf_t = _features(gf, "gf", device)
-    num_q, dim = qf_t.shape
-    num_g = gf_t.shape[0]
-    if gf_t.shape[1] != dim:
-        raise ValueError(f"gf must have shape (G, {dim}) to match qf, got shape {tuple(gf_t.shape)}")
-    qp = _labels(q_pids, "q_pids", num_q, device)
-    qc = _labels(q_camids, "q_camids", num_q, device)
-    gp = _labels(g_pids, "g_pids", num_g, device)
-    gc = _labels(g_camids, "g_camids", num_g, device)
+    k = _int_at_least(k, "k", 1)
+    chunk_size = _int_at_least(chunk_size, "chunk_size", 1)
+    device, qf_t, gf_t, qp, gp, qc, gc = _query_gallery(qf, gf, q_pids, g_pids, q_camids, g_camids)
+    num_q = qf_t.shape[0]
     q_idx_np = np.asarray(q_idx.detach().cpu() if isinstance(q_idx, torch.Tensor) else q_idx)
     if q_idx_np.ndim != 1:
         raise ValueError(f"q_idx must be 1-D, got shape {q_idx_np.shape}")
@@ -167,22 +152,11 @@ def top_k_gallery(qf: Any, gf: Any, q_idx: Any, q_pids: Any, g_pids: Any, q_cami
     distances = np.full((n, k), np.nan, np.float32)
     num_pos = np.zeros(n, np.int64)
     with torch.no_grad():
-        if metric == "cosine":
-            qf_t = torch.nn.functional.normalize(qf_t, p=2, dim=1)
-            gf_t = torch.nn.functional.normalize(gf_t, p=2, dim=1)
-            g_sq = None
-        else:
-            g_sq = (gf_t * gf_t).sum(dim=1)
-        gf_tt = gf_t.t()
         g_junk = gp == -1
-        for start in range(0, n, chunk_size):
+        selected = qf_t[torch.as_tensor(q_idx_np, device=device)]
+        # rank_metrics' own distance blocks, so that ties break alike
+        for start, dist in _distance_chunks(selected, gf_t, metric, "float32", chunk_size):
             rows = torch.as_tensor(q_idx_np[start:start + chunk_size], device=device)
-            q = qf_t[rows]
-            if g_sq is not None:  # the formula of rank_metrics, so that ties break alike
-                dist = torch.addmm(g_sq.unsqueeze(0), q, gf_tt, beta=1.0, alpha=-2.0)
-                dist.add_((q * q).sum(dim=1, keepdim=True)).clamp_(min=0.0)
-            else:
-                dist = 1.0 - q @ gf_tt
             same_pid = gp.unsqueeze(0) == qp[rows].unsqueeze(1)
             valid = ~((same_pid & (gc.unsqueeze(0) == qc[rows].unsqueeze(1))) | g_junk.unsqueeze(0))
             order = torch.sort(dist, dim=1, stable=True).indices  # ties: lower gallery index first
@@ -370,7 +344,7 @@ def render_rank_lists(rows: Sequence[RankListRow], title: str, tile_height: int 
             gallery images in number, non-finite distances, non-boolean flags, or an image that
             is neither a PIL image nor a uint8 ``(H, W[, 3])`` array (each naming the row).
     """
-    tile_height = _int(tile_height, "tile_height", 16)
+    tile_height = _int_at_least(tile_height, "tile_height", 16)
     if len(rows) == 0:
         raise ValueError("rows is empty: no rank list to draw")
     checked = [_check_row(i, r) for i, r in enumerate(rows)]
@@ -510,7 +484,7 @@ def write_rank_lists(index: _JpegSource, query: Features, gallery: Features, pat
             an image that cannot be decoded (naming its key).
         KeyError / reid.data.shards.ShardsError: a key missing from ``index`` / unreadable shard.
     """
-    n_queries = _int(n_queries, "n_queries", 1)
+    n_queries = _int_at_least(n_queries, "n_queries", 1)
     scored = np.flatnonzero(PairTable(query.pids, query.camids, gallery.pids, gallery.camids).num_pos > 0)
     if scored.size == 0:
         raise ValueError(f"no query of the {len(query.keys)} has a valid positive in the gallery of "

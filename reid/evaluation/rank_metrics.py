@@ -55,9 +55,10 @@ def _to_numpy_compatible(x: Any) -> np.ndarray:
     return arr
 
 
-def _positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+def _int_at_least(value: Any, name: str, low: int = 1) -> int:
+    """``value`` as an int, or ValueError naming ``name`` unless it is an int (not a bool) ``>= low``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
     return int(value)
 
 
@@ -96,6 +97,31 @@ def _labels(x: Any, name: str, n: int | None, device: torch.device | None) -> to
         raise ValueError(f"{name} must have shape {want}, got shape {tuple(t.shape)}")
     return t.to(device=device if device is not None else t.device, dtype=torch.int64)
 
+
+def _feature_pair(qf: Any, gf: Any) -> tuple[torch.device, torch.Tensor, torch.Tensor]:
+    """``(device, qf, gf)``: validated float32 ``(Q, D)`` / ``(G, D)`` features on ``qf``'s device.
+
+    Raises:
+        ValueError / TypeError: as :func:`_features`, or ``gf``'s width differs from ``qf``'s.
+    """
+    device = _device_of(qf)
+    q, g = _features(qf, "qf", device), _features(gf, "gf", device)
+    if g.shape[1] != q.shape[1]:
+        raise ValueError(f"gf must have shape (G, {q.shape[1]}) to match qf, got shape {tuple(g.shape)}")
+    return device, q, g
+
+
+def _query_gallery(qf: Any, gf: Any, q_pids: Any, g_pids: Any, q_camids: Any, g_camids: Any) -> tuple:
+    """:func:`_feature_pair` plus the four label arrays as int64 tensors on the same device:
+    ``(device, qf, gf, q_pids, g_pids, q_camids, g_camids)``.
+
+    Raises:
+        ValueError / TypeError: as :func:`_feature_pair` and :func:`_labels` (the argument is named).
+    """
+    device, q, g = _feature_pair(qf, gf)
+    num_q, num_g = q.shape[0], g.shape[0]
+    return (device, q, g, _labels(q_pids, "q_pids", num_q, device), _labels(g_pids, "g_pids", num_g, device),
+            _labels(q_camids, "q_camids", num_q, device), _labels(g_camids, "g_camids", num_g, device))
 
 def _distance_chunks(qf: torch.Tensor, gf: torch.Tensor, metric: str, dtype: str,
                      chunk_size: int) -> Iterator[tuple[int, torch.Tensor]]:
@@ -349,7 +375,7 @@ def rank_metrics_from_distances(
         TypeError: an item that is not a ``(start, block)`` pair, a non-int ``start``, a block that
             is not a floating torch tensor / numpy array, non-integer labels.
     """
-    max_rank = _positive_int(max_rank, "max_rank")
+    max_rank = _int_at_least(max_rank, "max_rank")
     qp = _labels(q_pids, "q_pids", None, None)
     num_q = qp.shape[0]
     qc = _labels(q_camids, "q_camids", num_q, None)
@@ -483,21 +509,11 @@ def rank_metrics(
         raise ValueError(f"unknown metric {metric!r}; expected one of {', '.join(METRICS)}")
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
-    max_rank = _positive_int(max_rank, "max_rank")
-    chunk_size = _positive_int(chunk_size, "chunk_size")
+    max_rank = _int_at_least(max_rank, "max_rank")
+    chunk_size = _int_at_least(chunk_size, "chunk_size")
 
-    device = _device_of(qf)
-    qf_t = _features(qf, "qf", device)
-    gf_t = _features(gf, "gf", device)
-    num_q, dim = qf_t.shape
-    num_g = gf_t.shape[0]
-    if gf_t.shape[1] != dim:
-        raise ValueError(f"gf must have shape (G, {dim}) to match qf, got shape {tuple(gf_t.shape)}")
-    qp = _labels(q_pids, "q_pids", num_q, device)
-    qc = _labels(q_camids, "q_camids", num_q, device)
-    gp = _labels(g_pids, "g_pids", num_g, device)
-    gc = _labels(g_camids, "g_camids", num_g, device)
-    if num_q == 0:
+    _, qf_t, gf_t, qp, gp, qc, gc = _query_gallery(qf, gf, q_pids, g_pids, q_camids, g_camids)
+    if qf_t.shape[0] == 0:
         raise ValueError("no queries: qf has 0 rows")
 
     with torch.no_grad():

@@ -37,7 +37,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from reid.evaluation.rank_metrics import METRICS, _device_of, _features
+from reid.evaluation.rank_metrics import METRICS, _feature_pair, _int_at_least
 
 __all__ = ["RerankConfig", "rerank_distance_chunks"]
 
@@ -276,18 +276,13 @@ def rerank_distance_chunks(
         TypeError: non-real features.
     """
     cfg = RerankConfig(k1, k2, lambda_value)
-    if not _is_int(chunk_size) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
+    chunk_size = _int_at_least(chunk_size, "chunk_size")
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; expected one of {', '.join(METRICS)}")
-    device = _device_of(qf)
-    q = _features(qf, "qf", device)
-    g = _features(gf, "gf", device)
-    if g.shape[1] != q.shape[1]:
-        raise ValueError(f"gf must have shape (G, {q.shape[1]}) to match qf, got shape {tuple(g.shape)}")
+    _, q, g = _feature_pair(qf, gf)
     if q.shape[0] == 0 or g.shape[0] == 0:
         raise ValueError(f"need at least one query and one gallery item, got Q={q.shape[0]}, G={g.shape[0]}")
-    return _rerank(q, g, cfg, int(chunk_size), metric)
+    return _rerank(q, g, cfg, chunk_size, metric)
 
 
 def _rerank(

@@ -1,6 +1,8 @@
 """Tiny synthetic MSMT17 shards and params shared by the engine tests."""
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ from reid.data.protocols import build_protocol
 from reid.data.shards import write_shards
 
 REPO = Path(__file__).resolve().parents[2]
+WORKER = Path(__file__).with_name("_train_worker.py")
 DIST_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
@@ -47,3 +50,16 @@ def clean_env() -> dict:
     env = {k: v for k, v in os.environ.items() if k not in DIST_VARS and k != "MLFLOW_TRACKING_URI"}
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+def save_params(work: Path, name: str, raw: dict) -> Path:
+    """Write a params variant to ``work/params-<name>.yaml`` (next to the shards the worker reads)."""
+    path = work / f"params-{name}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def run_worker(params: Path, out: Path, mode: str = "full", timeout: int = 300) -> subprocess.CompletedProcess:
+    """Train in a fresh process with ``_train_worker.py`` (MODE as documented there)."""
+    return subprocess.run([sys.executable, str(WORKER), str(params), str(out), mode], env=clean_env(),
+                          capture_output=True, text=True, timeout=timeout)

@@ -16,9 +16,8 @@ import yaml
 
 from reid.engine.distributed import free_port
 from reid.models import build
-from tests.engine.conftest import clean_env, tiny_params
+from tests.engine.conftest import WORKER, clean_env, run_worker, save_params, tiny_params
 
-WORKER = Path(__file__).with_name("_train_worker.py")
 BIN = Path(sys.executable).parent
 TIMEOUT = 400
 
@@ -38,9 +37,7 @@ def _params(work: Path, name: str, p: int, sync_bn: bool) -> Path:
     # included, in test_criterion_distributed.py; here it is computed (and gathered) with weight 0.
     raw["optim"].update(name="sgd", lr=0.001)
     raw["loss"]["triplet"]["weight"] = 0.0
-    path = work / f"params-{name}.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
+    return save_params(work, name, raw)
 
 
 def _check(proc: subprocess.CompletedProcess) -> None:
@@ -57,8 +54,7 @@ def one_rank(tiny_shards) -> tuple[list, list, dict]:
     out = tiny_shards / "dp-one"
     shutil.rmtree(out, ignore_errors=True)
     params = _params(tiny_shards, "one", p=4, sync_bn=False)
-    _check(subprocess.run([sys.executable, str(WORKER), str(params), str(out), "full"], env=clean_env(),
-                          capture_output=True, text=True, timeout=TIMEOUT))
+    _check(run_worker(params, out, timeout=TIMEOUT))
     return _results(out)
 
 

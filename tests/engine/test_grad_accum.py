@@ -2,26 +2,18 @@
 optimizer steps, and DeepSpeed's accumulation is the param's."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import torch
 import yaml
 
-from tests.engine.conftest import clean_env, tiny_params
-
-WORKER = Path(__file__).with_name("_train_worker.py")
+from tests.engine.conftest import run_worker, save_params, tiny_params
 
 
 def test_accumulation_steps_the_optimizer_every_n_batches(tiny_shards):
     raw = yaml.safe_load(tiny_params(tiny_shards, epochs=2).read_text())
     raw["engine"]["grad_accum_steps"] = 3  # 12 ids / p=3: 4 sampler steps per epoch -> 3 batches, 1 step
-    params = tiny_shards / "params-accum.yaml"
-    params.write_text(yaml.safe_dump(raw))
     out = tiny_shards / "accum"
-    proc = subprocess.run([sys.executable, str(WORKER), str(params), str(out), "full"], env=clean_env(),
-                          capture_output=True, text=True, timeout=300)
+    proc = run_worker(save_params(tiny_shards, "accum", raw), out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     steps = json.loads((out / "steps.json").read_text())
     assert [s[:2] for s in steps] == [[1, 1], [1, 2], [1, 3], [2, 1], [2, 2], [2, 3]]

@@ -1,27 +1,20 @@
 """engine.precision / channels_last on CPU: bf16 autocast and NHWC train to (nearly) the fp32 loss."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from tests.engine.conftest import clean_env, tiny_params
-
-WORKER = Path(__file__).with_name("_train_worker.py")
+from tests.engine.conftest import run_worker, save_params, tiny_params
 
 
 def _train(work: Path, name: str, **engine) -> tuple[list, dict]:
     raw = yaml.safe_load(tiny_params(work, epochs=1).read_text())
     raw["engine"].update(engine)
-    params = work / f"params-{name}.yaml"
-    params.write_text(yaml.safe_dump(raw))
     out = work / name
-    proc = subprocess.run([sys.executable, str(WORKER), str(params), str(out), "full"], env=clean_env(),
-                          capture_output=True, text=True, timeout=300)
+    proc = run_worker(save_params(work, name, raw), out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads((out / "steps.json").read_text()), torch.load(out / "model.pt", weights_only=True)
 

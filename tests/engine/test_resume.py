@@ -1,22 +1,12 @@
 """Exact resume: stop after epoch 1 + resume == an uninterrupted run, bit for bit on CPU fp32."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from tests.engine.conftest import clean_env, tiny_params
-
-WORKER = Path(__file__).with_name("_train_worker.py")
-
-
-def _run(params: Path, out: Path, mode: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(WORKER), str(params), str(out), mode], env=clean_env(),
-                          capture_output=True, text=True, timeout=300)
+from tests.engine.conftest import run_worker, tiny_params
 
 
 def _ok(proc):
@@ -30,11 +20,11 @@ def test_resume_equals_uninterrupted(tiny_shards, backend):
     raw["loader"].update(backend=backend, erase_prob=0.5)  # the torch path trains too, augmentations on
     params.write_text(yaml.safe_dump(raw))
     full, split = tiny_shards / f"full-{backend}", tiny_shards / f"split-{backend}"
-    _ok(_run(params, full, "full"))
-    _ok(_run(params, split, "stop1"))
+    _ok(run_worker(params, full, "full"))
+    _ok(run_worker(params, split, "stop1"))
     assert (split / "checkpoints" / "latest").read_text().strip() == "epoch-0001"
     after_epoch1 = torch.load(split / "model.pt", weights_only=True)
-    _ok(_run(params, split, "resume"))
+    _ok(run_worker(params, split, "resume"))
     a = torch.load(full / "model.pt", weights_only=True)
     b = torch.load(split / "model.pt", weights_only=True)
     assert a.keys() == b.keys()
@@ -47,14 +37,14 @@ def test_resume_equals_uninterrupted(tiny_shards, backend):
 def test_resume_refuses_changed_params_and_missing_checkpoint(tiny_shards):
     params = tiny_params(tiny_shards, epochs=2)
     out = tiny_shards / "refuse"
-    proc = _run(params, out, "resume")
+    proc = run_worker(params, out, "resume")
     assert proc.returncode != 0 and "no checkpoint to resume from" in proc.stderr
-    _ok(_run(params, out, "stop1"))
+    _ok(run_worker(params, out, "stop1"))
     raw = yaml.safe_load(params.read_text())
     raw["loss"]["triplet"]["margin"] = 0.5
     raw["optim"]["lr"] = 0.002
     params.write_text(yaml.safe_dump(raw))
-    proc = _run(params, out, "resume")
+    proc = run_worker(params, out, "resume")
     assert proc.returncode != 0
     assert "loss.triplet.margin" in proc.stderr and "optim.lr" in proc.stderr
 
@@ -65,15 +55,15 @@ def test_sigterm_mid_epoch_checkpoints_and_resume_equals_uninterrupted(tiny_shar
     raw["loader"].update(erase_prob=0.5, color_jitter=0.2)
     params.write_text(yaml.safe_dump(raw))
     full, split = tiny_shards / "sigterm-full", tiny_shards / "sigterm-split"
-    _ok(_run(params, full, "full"))
+    _ok(run_worker(params, full, "full"))
     steps_full = json.loads((full / "steps.json").read_text())
     assert [s[:2] for s in steps_full] == [[e, s] for e in (1, 2) for s in (1, 2, 3, 4)]
 
-    killed = _run(params, split, "sigterm@1:2")  # SIGTERM after step 2 of the 4 of epoch 1
+    killed = run_worker(params, split, "sigterm@1:2")  # SIGTERM after step 2 of the 4 of epoch 1
     assert killed.returncode != 0 and "stopped by SIGTERM" in killed.stderr, killed.stderr[-3000:]
     assert (split / "checkpoints" / "latest").read_text().strip() == "epoch-0000-step-000002"
     assert not (split / "model.pt").exists()
-    _ok(_run(params, split, "resume"))
+    _ok(run_worker(params, split, "resume"))
     steps_resumed = json.loads((split / "steps.json").read_text())
     assert [s[:2] for s in steps_resumed] == [[1, 3], [1, 4], [2, 1], [2, 2], [2, 3], [2, 4]]
     assert steps_resumed == steps_full[2:]  # the same losses, step by step

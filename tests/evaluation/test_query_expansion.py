@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from reid.evaluation.query_expansion import average_query_expansion
+from tests.evaluation.test_rerank import features
 
 
 def brute_force_aqe(qf: np.ndarray, gf: np.ndarray, k: int, metric: str, normalize: bool) -> np.ndarray:
@@ -22,16 +23,6 @@ def brute_force_aqe(qf: np.ndarray, gf: np.ndarray, k: int, metric: str, normali
     if normalize:
         out /= np.linalg.norm(out, axis=1, keepdims=True)
     return out
-
-
-def features(seed: int, num_q: int, num_g: int, dim: int, normalise: bool = False):
-    gen = np.random.default_rng(seed)
-    qf = gen.standard_normal((num_q, dim)).astype(np.float32)
-    gf = gen.standard_normal((num_g, dim)).astype(np.float32)
-    if normalise:
-        qf /= np.linalg.norm(qf, axis=1, keepdims=True)
-        gf /= np.linalg.norm(gf, axis=1, keepdims=True)
-    return qf, gf
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -16,16 +16,10 @@ from reid.evaluation.rank_lists import (BORDER, CORRECT_COLOUR, GAP, MARGIN, QUE
                                         PairTable, RankListRow, plot_rank_list, plot_rank_lists,
                                         render_rank_lists, sample_queries, top_k_gallery, write_rank_lists)
 from reid.evaluation.rank_metrics import rank_metrics
+from tests.evaluation.test_rank_metrics import HAND_GC, HAND_GF, HAND_GP, HAND_QC, HAND_QF, HAND_QP
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
-# The hand-worked example of tests/evaluation/test_rank_metrics.py (1-D features, squared distance).
-HAND_GF = np.array([[0], [1], [2], [3], [3], [6], [5], [10]], dtype=np.float32)
-HAND_GP = np.array([1, -1, 2, 1, 5, 1, 3, 2])
-HAND_GC = np.array([0, 1, 1, 1, 1, 2, 1, 2])
-HAND_QF = np.array([[0], [10], [5], [1]], dtype=np.float32)
-HAND_QP = np.array([1, 2, 3, -1])
-HAND_QC = np.array([0, 0, 1, 0])
 
 
 # --------------------------------------------------------------------------------------------
