@@ -299,6 +299,11 @@ def train(spec: TrainSpec, resume: bool = False,
         _set_rng_state(state["rng"])
     end_epoch = spec.optim.epochs if stop_after_epochs is None else min(spec.optim.epochs, stop_after_epochs)
 
+    def save(tag: str, epoch: int, step: int, sums: dict) -> Path:
+        """Checkpoint after ``epoch`` complete epochs and ``step`` more batches (collective call)."""
+        return checkpoint.save(engine, ckpt_dir, tag, is_main=dist.is_main, client_state={
+            "epoch": epoch, "step": step, "sums": sums, "history": history, "params": params, "rng": _rng_state()})
+
     sampler.load_state_dict({**sampler.state_dict(), "epoch": start_epoch, "step": start_step})
     loader = train_loader(spec.loader.backend, index, keys, pid_map, sampler, spec.augment(),
                           seed=_loader_seed(spec.engine.seed), device=dist.device,
@@ -333,11 +338,7 @@ def train(spec: TrainSpec, resume: bool = False,
                     if step % spec.engine.log_every == 0 or step == steps - 1:
                         bar.set_postfix(loss=f"{logs['loss']:.3f}", img_s=f"{img_s:.0f}")
                     if (step + 1) % accum == 0 and step + 1 < steps and any_rank(stop.requested):
-                        tag = f"epoch-{epoch:04d}-step-{step + 1:06d}"
-                        path = checkpoint.save(engine, ckpt_dir, tag, is_main=dist.is_main, client_state={
-                            "epoch": epoch, "step": step + 1, "sums": sums, "history": history,
-                            "params": params, "rng": _rng_state()})
-                        raise TrainingInterrupted(path)
+                        raise TrainingInterrupted(save(f"epoch-{epoch:04d}-step-{step + 1:06d}", epoch, step + 1, sums))
                 for _ in range(sampler.steps_per_epoch - steps):  # batches left over by grad accumulation
                     next(loader)
                 epoch_logs = {k: v / steps for k, v in sums.items()}
@@ -347,9 +348,7 @@ def train(spec: TrainSpec, resume: bool = False,
                     epoch_logs.update(validate(epoch + 1, engine.module))
                 barrier()
                 history.append({"epoch": epoch + 1, **epoch_logs})
-                path = checkpoint.save(engine, ckpt_dir, f"epoch-{epoch + 1:04d}", is_main=dist.is_main,
-                                       client_state={"epoch": epoch + 1, "step": 0, "sums": {}, "history": history,
-                                                     "params": params, "rng": _rng_state()})
+                path = save(f"epoch-{epoch + 1:04d}", epoch + 1, 0, {})
                 if dist.is_main and log_metrics is not None:
                     log_metrics(epoch_logs, epoch + 1)
                 if epoch + 1 < end_epoch and any_rank(stop.requested):

@@ -100,7 +100,6 @@ def plot_cmc(
     ax.grid(True, alpha=0.3)
     ax.legend(loc="lower right", fontsize="small")
     fig.tight_layout()
-
     return _save_png(fig, path)
 
 
@@ -199,7 +198,6 @@ def plot_distance_histograms(pos: np.ndarray, neg: np.ndarray, path: str | Path,
     ax.grid(True, alpha=0.3)
     ax.legend(loc="upper right", fontsize="small")
     fig.tight_layout()
-
     return _save_png(fig, path)
 
 
