@@ -305,6 +305,112 @@ class ValidationParams(_Section):
     flip: bool
 
 
+class Distribution(_Section):
+    """One dimension of a Ray Tune search space (``tune.space.<model>.<dotted params key>``).
+
+    ``type``: ``uniform`` / ``loguniform`` (floats in ``[low, high]``; loguniform needs
+    ``low > 0``), ``randint`` (ints in ``[low, high]``, both included) or ``choice`` (one of
+    ``values``).
+    """
+
+    type: Literal["uniform", "loguniform", "randint", "choice"]
+    low: Optional[float] = None
+    high: Optional[float] = None
+    values: Optional[list] = None
+
+    @model_validator(mode="after")
+    def _check(self) -> "Distribution":
+        if self.type == "choice":
+            if not self.values or self.low is not None or self.high is not None:
+                raise ValueError("type choice takes a non-empty `values` list and no low/high")
+            return self
+        if self.low is None or self.high is None or self.values is not None:
+            raise ValueError(f"type {self.type} takes `low` and `high` and no values")
+        ordered = self.low <= self.high if self.type == "randint" else self.low < self.high
+        if not ordered:
+            raise ValueError(f"low must be below high, got [{self.low}, {self.high}]")
+        if self.type == "loguniform" and self.low <= 0:
+            raise ValueError(f"loguniform needs low > 0, got {self.low}")
+        if self.type == "randint" and (self.low != int(self.low) or self.high != int(self.high)):
+            raise ValueError(f"randint bounds must be integers, got [{self.low}, {self.high}]")
+        return self
+
+    def candidates(self) -> list:
+        """Values that span the dimension (bounds, or every choice), to check them before a search."""
+        if self.type == "choice":
+            return list(self.values)
+        if self.type == "randint":
+            return [int(self.low), int(self.high)]
+        return [self.low, self.high]
+
+
+class AshaParams(_Section):
+    """``tune.scheduler``: ASHA (Li et al., MLSys 2020). Every trial trains at most ``max_epochs``
+    epochs (it replaces ``optim.epochs``); at epochs ``grace_period * reduction_factor**i`` the
+    trials below the top ``1 / reduction_factor`` of those that reached that epoch are stopped."""
+
+    max_epochs: int = Field(gt=0)
+    grace_period: int = Field(default=1, gt=0)
+    reduction_factor: float = Field(default=2.0, gt=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> "AshaParams":
+        if self.grace_period > self.max_epochs:
+            raise ValueError(f"grace_period ({self.grace_period}) must be <= max_epochs ({self.max_epochs})")
+        return self
+
+
+class TrialResources(_Section):
+    """``tune.resources``: what one trial reserves: ``cpu`` cores and ``gpu`` GPUs (a fraction
+    such as 0.5 lets two trials share one GPU)."""
+
+    cpu: float = Field(default=1.0, gt=0)
+    gpu: float = Field(default=0.0, ge=0)
+
+
+class TuneParams(_Section):
+    """``tune``: a Ray Tune search over ``space[model.name]`` (see ``reid.tune``).
+
+    ``dataset``: the ``datasets`` key trained and validated on. ``name``: the search's name (Ray
+    experiment folder ``<storage_path>/<name>``, MLflow parent run, tag of the registered model).
+    ``metric``: what every trial reports per epoch and the search maximises (``val.mAP``,
+    ``val.rank1``, ``val.mINP``, ``val.rank5``: the ``validation`` scoring, done every epoch in a
+    search). ``search_alg``: ``optuna`` (TPE, seeded with ``seed``) or ``random``.
+    ``num_samples``: trials; ``max_concurrent``: trials at once. ``points_to_evaluate``: trials
+    tried first (e.g. the paper's values), dotted keys of ``space``. ``max_failures``: retries of a
+    failed trial (a trial that fails for good is marked failed and the search goes on).
+    ``address``: a Ray cluster to join (null: ``$RAY_ADDRESS``, else a local Ray).
+    ``storage_path``: where the search state and trial checkpoints live (on a cluster, storage
+    every node sees: NFS or ``s3://``). ``register_best``: register the best trial's model as a
+    new version of ``reid-<dataset>``. ``space``: per model name, dotted params keys
+    (``loss.triplet.margin``, ``optim.lr``, ...) to :class:`Distribution`.
+    """
+
+    dataset: str
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]+$")
+    metric: Literal["val.mAP", "val.rank1", "val.rank5", "val.mINP"] = "val.mAP"
+    search_alg: Literal["optuna", "random"] = "optuna"
+    seed: int = 0
+    num_samples: int = Field(gt=0)
+    max_concurrent: int = Field(default=1, gt=0)
+    points_to_evaluate: list[dict[str, Union[float, int, str, bool]]] = Field(default_factory=list)
+    scheduler: AshaParams
+    resources: TrialResources = TrialResources()
+    max_failures: int = Field(default=0, ge=0)
+    address: Optional[str] = None
+    storage_path: str = "tune/ray_results"
+    register_best: bool = True
+    space: dict[str, dict[str, Distribution]]
+
+    @model_validator(mode="after")
+    def _check(self) -> "TuneParams":
+        for i, point in enumerate(self.points_to_evaluate):
+            for key in point:
+                if not any(key in dims for dims in self.space.values()):
+                    raise ValueError(f"points_to_evaluate[{i}]: {key!r} is not a key of any tune.space entry")
+        return self
+
+
 class MlflowParams(_Section):
     """``mlflow``: ``tracking_uri`` null means ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db``."""
 
@@ -329,12 +435,25 @@ class Params(_Section):
     eval: EvalParams
     validation: ValidationParams
     mlflow: MlflowParams
+    tune: TuneParams
 
     def dataset(self, name: str) -> DatasetParams:
         """The ``datasets.<name>`` section. Raises ``KeyError`` listing the known names."""
         if name not in self.datasets:
             raise KeyError(f"params: no datasets.{name}; known: {sorted(self.datasets)}")
         return self.datasets[name]
+
+    @model_validator(mode="after")
+    def _check_tune(self) -> "Params":
+        if self.tune.dataset not in self.datasets:
+            raise ValueError(f"tune.dataset: {self.tune.dataset!r} is not a key of datasets ({sorted(self.datasets)})")
+        known = flatten(self.model_dump(exclude={"tune"}))
+        for model, dims in self.tune.space.items():
+            for key in dims:
+                if key not in known:
+                    raise ValueError(f"tune.space.{model}: {key!r} is not a params key (a search dimension must name "
+                                     "an existing leaf, e.g. loss.triplet.margin)")
+        return self
 
 
 class ParamsError(ValueError):
@@ -362,7 +481,7 @@ def load_params(path: str | Path, overrides: dict | None = None) -> Params:
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: top level must be a mapping")
     if overrides:
-        raw = _deep_merge(raw, overrides)
+        raw = deep_merge(raw, overrides)
     try:
         return Params.model_validate(raw)
     except ValidationError as err:
@@ -373,10 +492,11 @@ def load_params(path: str | Path, overrides: dict | None = None) -> Params:
         raise ParamsError("\n".join(lines)) from None
 
 
-def _deep_merge(base: dict, over: dict) -> dict:
+def deep_merge(base: dict, over: dict) -> dict:
+    """``base`` with ``over`` merged in recursively (mappings merge, other values replace); inputs unchanged."""
     out = dict(base)
     for k, v in over.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 

@@ -90,3 +90,29 @@ def load(engine, ckpt_dir: Path, expected_params: dict) -> dict:
         raise CheckpointError(
             f"{Path(ckpt_dir) / tag}: cannot resume, training params changed: {', '.join(changed)}")
     return client_state
+
+
+#: DeepSpeed's file of the model weights (and client state) in a checkpoint folder (ZeRO 0-2).
+MODEL_STATES = "mp_rank_00_model_states.pt"
+
+
+def module_state_dict(tag_dir: Path) -> dict:
+    """The model weights of a checkpoint folder (``<ckpt_dir>/<tag>``), read without an engine.
+
+    ZeRO stages 0-2 shard only optimizer state, so DeepSpeed's ``mp_rank_00_model_states.pt``
+    holds every weight (fp32: the engine trains fp32 weights under autocast).
+
+    Raises:
+        CheckpointError: the file is missing or unreadable (names it).
+    """
+    import torch
+
+    path = Path(tag_dir) / MODEL_STATES
+    if not path.is_file():
+        raise CheckpointError(f"{path}: not found (not a DeepSpeed checkpoint folder)")
+    try:
+        # DeepSpeed's own file, with numpy RNG state and params in the client state: not weights-only.
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        return dict(state["module"])
+    except Exception as err:
+        raise CheckpointError(f"{path}: cannot read the model weights: {err}") from err

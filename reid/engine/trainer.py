@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
+import math
 import random
 import signal
 import threading
@@ -35,7 +36,8 @@ from reid.engine.sync_bn import convert_sync_batchnorm
 from reid.engine.schedule import build_scheduler
 from reid.io import atomic_open, atomic_write_json
 from reid.models import MODELS, build
-from reid.params import EngineParams, LoaderParams, LossParams, ModelParams, OptimParams, SamplerParams, flatten
+from reid.params import (EngineParams, LoaderParams, LossParams, ModelParams, OptimParams, Params, SamplerParams,
+                         flatten)
 
 MODEL_WEIGHTS = "model.pt"
 MODEL_META = "model.json"
@@ -64,6 +66,18 @@ class TrainSpec:
     optim: OptimParams
     engine: EngineParams
     deepspeed_template: Optional[dict] = None
+
+    @classmethod
+    def from_params(cls, params: Params, dataset: str, shards_dir: Path, out_dir: Path,
+                    deepspeed_template: Optional[dict] = None) -> "TrainSpec":
+        """The spec ``pipeline.train`` and every Ray Tune trial build from the whole params.
+
+        Raises:
+            KeyError: ``dataset`` is not a key of ``params.datasets``.
+        """
+        return cls(shards_dir=Path(shards_dir), out_dir=Path(out_dir), image_size=params.dataset(dataset).image_size,
+                   sampler=params.sampler, loader=params.loader, model=params.model, loss=params.loss,
+                   optim=params.optim, engine=params.engine, deepspeed_template=deepspeed_template)
 
     def training_params(self) -> dict:
         """Flat ``section.key -> value`` of every setting that changes the trained weights."""
@@ -255,6 +269,7 @@ def train(spec: TrainSpec, resume: bool = False,
         CheckpointError: ``resume`` without a usable checkpoint, or with changed training params.
         ShardsError: missing or corrupt shards.
         ValueError: fewer sampler steps per epoch than ``engine.grad_accum_steps``.
+        FloatingPointError: the loss became NaN or infinite (names the epoch, step and loss terms).
     """
     import deepspeed
 
@@ -328,6 +343,9 @@ def train(spec: TrainSpec, resume: bool = False,
                     with _autocast(dist.device, spec.engine.precision):
                         outputs = engine(images)
                         loss, logs = criterion(outputs, batch)
+                    if not math.isfinite(logs["loss"]):
+                        raise FloatingPointError(f"epoch {epoch + 1}, step {step + 1}: the loss is {logs['loss']} "
+                                                 f"({', '.join(f'{k} {v:.4g}' for k, v in logs.items())})")
                     engine.backward(loss)
                     engine.step()
                     for k, v in logs.items():

@@ -20,6 +20,7 @@ from reid.evaluation.query_expansion import average_query_expansion
 from reid.evaluation.rank_metrics import rank_metrics, rank_metrics_from_distances
 from reid.evaluation.rerank import RerankConfig, rerank_distance_chunks
 from reid.io import atomic_write_json
+from reid.params import EvalParams, LoaderParams, ValidationParams
 
 
 @dataclass(frozen=True)
@@ -293,6 +294,23 @@ def periodic_validator(spec: EvalSpec, protocol: Protocol, period: int, last_epo
         return {f"val.{k}": r[k] for k in ("rank1", "rank5", "mAP", "mINP")}
 
     return validate
+
+
+def eval_settings(evaluation: EvalParams, loader: LoaderParams) -> dict:
+    """:func:`eval_spec_for` keyword arguments from the ``eval`` and ``loader`` params."""
+    e = evaluation
+    rerank = RerankConfig(e.rerank.k1, e.rerank.k2, e.rerank.lambda_value) if e.rerank.enabled else None
+    return dict(metric=e.metric, flip=e.flip, batch_size=e.batch_size, max_rank=e.max_rank,
+                chunk_size=e.chunk_size, num_threads=loader.num_threads, backend=loader.backend,
+                dtype=e.dtype, query_expansion=e.query_expansion, rerank=rerank)
+
+
+def validation_spec(shards_dir: Path, image_size: tuple[int, int], loader: LoaderParams,
+                    validation: ValidationParams) -> EvalSpec:
+    """The :class:`EvalSpec` of the scoring during training (``validation`` params; decoding
+    threads, backend and normalisation from ``loader``)."""
+    return EvalSpec(Path(shards_dir), tuple(image_size), loader.mean, loader.std, metric=validation.metric,
+                    flip=validation.flip, num_threads=loader.num_threads, backend=loader.backend)
 
 
 def eval_device() -> torch.device:

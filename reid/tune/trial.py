@@ -1,0 +1,147 @@
+"""One Ray Tune trial: ``pipeline.train``'s engine and loaders on the trial's params, scored every epoch.
+
+The trial trains with :func:`reid.engine.trainer.train` exactly as ``pipeline.train`` does (same
+:class:`~reid.engine.trainer.TrainSpec`, DeepSpeed engine, sampler and loader), with two changes:
+``optim.epochs`` is the search's ``tune.scheduler.max_epochs`` and the ``validation`` scoring runs
+after every epoch. After each epoch it calls ``tune.report`` with the epoch's logs (``loss``,
+``val.mAP``, ...) and a ``tune.Checkpoint`` holding the epoch's DeepSpeed checkpoint and
+``model.json``: ASHA decides on the reported metric, a restored trial resumes from the checkpoint
+(same sequence as an uninterrupted trial, see the trainer), and the search registers the best
+trial's model from it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+from reid.params import Params
+
+#: Inside a trial checkpoint: the trainer's checkpoint folder (one tag + ``latest``) and the model meta.
+CHECKPOINTS = "checkpoints"
+MODEL_META = "model.json"
+
+
+@dataclass(frozen=True)
+class TrialSetup:
+    """What every trial of a search shares.
+
+    Attributes:
+        params: the whole params (``params.yaml``); a trial puts its sampled values in.
+        dataset: the ``datasets`` key trained and validated on.
+        shards_dir: that dataset's shard folder, absolute (every Ray node must see it).
+        protocol_path: its ``manifests/<dataset>.protocol.json``, absolute.
+        deepspeed_template: the DeepSpeed config template (see ``reid.engine.deepspeed_config``).
+        max_epochs: epochs of a trial that is never stopped (ASHA's ``max_t``).
+        metric: the reported validation metric the search maximises, e.g. ``val.mAP``.
+    """
+
+    params: Params
+    dataset: str
+    shards_dir: Path
+    protocol_path: Path
+    deepspeed_template: dict
+    max_epochs: int
+    metric: str
+
+    def trial_params(self, config: Mapping[str, object]) -> Params:
+        """The params a trial trains with: the sampled ``config`` (dotted keys), ``max_epochs``
+        epochs and validation after every epoch.
+
+        Raises:
+            pydantic.ValidationError: a sampled value the params schema rejects.
+        """
+        from reid.tune.space import apply
+
+        return apply(self.params, {**config, "optim.epochs": self.max_epochs, "validation.period": 1})
+
+
+def _report_metrics(logs: Mapping[str, object], epoch: int) -> dict:
+    """The numbers of an epoch's logs, with the epoch, for ``tune.report``."""
+    out = {k: float(v) for k, v in logs.items() if isinstance(v, (int, float))}
+    out["epoch"] = epoch
+    return out
+
+
+def run_trial(config: dict, setup: TrialSetup) -> None:
+    """The Ray Tune function trainable (``tune.with_parameters(run_trial, setup=...)``).
+
+    Args:
+        config: the trial's sampled values, dotted params keys (``{"optim.lr": 4e-4}``).
+        setup: what the search shares.
+
+    Raises:
+        Whatever training raises (an invalid sampled value, a NaN loss as ``FloatingPointError``,
+        ...): Ray marks the trial failed (``ERROR``) and the search goes on.
+    """
+    from ray import tune
+
+    from reid.data.protocols import Protocol
+    from reid.engine import checkpoint
+    from reid.engine.trainer import TrainSpec, model_meta, train
+    from reid.evaluation.evaluate import periodic_validator, validation_spec
+    from reid.io import atomic_write_json
+
+    params = setup.trial_params(config)
+    out_dir = Path(tune.get_context().get_trial_dir()) / "run"
+    ckpt_dir = out_dir / CHECKPOINTS
+    resume = False
+    restored = tune.get_checkpoint()
+    if restored is not None:
+        with restored.as_directory() as d:
+            shutil.rmtree(ckpt_dir, ignore_errors=True)
+            shutil.copytree(Path(d) / CHECKPOINTS, ckpt_dir)
+        resume = True
+    spec = TrainSpec.from_params(params, setup.dataset, setup.shards_dir, out_dir, setup.deepspeed_template)
+    val = params.validation
+    validate = periodic_validator(
+        validation_spec(setup.shards_dir, spec.image_size, params.loader, val),
+        Protocol.read(setup.protocol_path), val.period, params.optim.epochs)
+    num_classes = _num_classes(setup.shards_dir)
+
+    def report(logs: dict, epoch: int) -> None:
+        tag = checkpoint.latest_tag(ckpt_dir)
+        with tempfile.TemporaryDirectory(prefix="reid-trial-") as tmp:
+            shutil.copytree(ckpt_dir / tag, Path(tmp) / CHECKPOINTS / tag)
+            shutil.copy2(ckpt_dir / checkpoint.LATEST, Path(tmp) / CHECKPOINTS / checkpoint.LATEST)
+            atomic_write_json(Path(tmp) / MODEL_META, model_meta(spec, num_classes))
+            tune.report(_report_metrics(logs, epoch), checkpoint=tune.Checkpoint.from_directory(tmp))
+
+    train(spec, resume=resume, log_metrics=report, validate=validate)
+
+
+def _num_classes(shards_dir: Path) -> int:
+    """Training identities in the shards (the classifier size the trainer builds)."""
+    from reid.data.shards import ShardsIndex
+
+    return len(set(ShardsIndex.load(shards_dir).pids("train")))
+
+
+def load_trial_model(checkpoint_dir: Path):
+    """The model of a trial checkpoint (a folder written by :func:`run_trial`'s reports).
+
+    Returns:
+        ``(module in eval mode on CPU, meta dict)``; meta as in ``model.json``.
+
+    Raises:
+        reid.engine.checkpoint.CheckpointError: no checkpoint or unreadable weights.
+        FileNotFoundError: no ``model.json``.
+    """
+    import json
+
+    from reid.engine import checkpoint
+    from reid.models import build
+
+    checkpoint_dir = Path(checkpoint_dir)
+    meta_path = checkpoint_dir / MODEL_META
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{meta_path}: not found (not a trial checkpoint)")
+    meta = json.loads(meta_path.read_text())
+    ckpt_dir = checkpoint_dir / CHECKPOINTS
+    state = checkpoint.module_state_dict(ckpt_dir / checkpoint.latest_tag(ckpt_dir))
+    model = build(meta["name"], meta["num_classes"], **meta["kwargs"])
+    model.load_state_dict(state)
+    return model.eval(), meta
