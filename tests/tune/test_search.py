@@ -10,7 +10,8 @@ the failure handling must do is known in advance:
    trial is failed in Ray and MLflow, and the search goes on.
 4. ``optim.lr`` 3e-4: runs like the others.
 
-A second search is interrupted with SIGINT after its first trial has reported epoch 1, then
+The search logs to a real MLflow tracking server over HTTP (the ``mlflow_server`` fixture), and
+one test reads its runs back through the REST API. A second search (local sqlite store) is interrupted with SIGINT after its first trial has reported epoch 1, then
 resumed with ``--resume`` (``Tuner.restore``): one parent run, no duplicated child runs or
 epochs, and its first trial ends exactly where the same trial of the uninterrupted search ended.
 """
@@ -25,6 +26,7 @@ import time
 from pathlib import Path
 
 import pytest
+import requests
 import yaml
 
 from tests.conftest import clean_env, tiny_params
@@ -37,14 +39,16 @@ EXPERIMENT = "tune-test"
 TIMEOUT_S = 420
 
 
-def _work(tiny_shards: Path, tmp_path_factory, name: str, num_samples: int, points: list) -> Path:
-    """A folder with the tiny shards linked in and a params.yaml for a search named ``name``."""
+def _work(tiny_shards: Path, tmp_path_factory, name: str, num_samples: int, points: list,
+          tracking_uri: str | None = None) -> Path:
+    """A folder with the tiny shards linked in and a params.yaml for a search named ``name``
+    (MLflow: ``tracking_uri``, else a sqlite store in the folder)."""
     work = tmp_path_factory.mktemp(name)
     for sub in ("shards", "manifests"):
         (work / sub).symlink_to(tiny_shards / sub)
     raw = yaml.safe_load(tiny_params(tiny_shards, epochs=2).read_text())
     raw["optim"].update(warmup_epochs=0)
-    raw["mlflow"] = {"tracking_uri": f"sqlite:///{work / 'mlflow.db'}", "experiment": EXPERIMENT,
+    raw["mlflow"] = {"tracking_uri": tracking_uri or f"sqlite:///{work / 'mlflow.db'}", "experiment": EXPERIMENT,
                      "register_model": True}
     raw["tune"].update(dataset="msmt17", name=name, num_samples=num_samples, max_concurrent=1, seed=0,
                        points_to_evaluate=points, max_failures=0, storage_path="tune/ray_results",
@@ -69,7 +73,7 @@ def _tune(work: Path, *extra: str) -> subprocess.CompletedProcess:
 def _client(work: Path):
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
+    return MlflowClient(yaml.safe_load((work / "params.yaml").read_text())["mlflow"]["tracking_uri"])
 
 
 def _runs(work: Path, search: str) -> tuple[list, list]:
@@ -99,8 +103,8 @@ def _history(work: Path, run, key: str) -> list[tuple[int, float]]:
 
 
 @pytest.fixture(scope="module")
-def search(tiny_shards, tmp_path_factory):
-    work = _work(tiny_shards, tmp_path_factory, "tiny", 4, POINTS)
+def search(tiny_shards, tmp_path_factory, mlflow_server):
+    work = _work(tiny_shards, tmp_path_factory, "tiny", 4, POINTS, tracking_uri=mlflow_server)
     proc = _tune(work)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return work, proc
@@ -168,13 +172,36 @@ def test_best_model_is_scored_and_registered_with_the_search_tags(search):
     work, _ = search
     doc = yaml.safe_load((work / "tune" / "best_params.yaml").read_text())
     c = _client(work)
-    versions = c.search_model_versions("name = 'reid-msmt17'")
+    versions = [v for v in c.search_model_versions("name = 'reid-msmt17'") if v.tags.get("search") == "tiny"]
     assert len(versions) == 1
     v = versions[0]
     assert v.run_id == doc["mlflow_run_id"]
     assert v.tags["search"] == "tiny" and v.tags["trial"] == doc["trial_id"]
     metrics = c.get_run(v.run_id).data.metrics
     assert 0.0 <= metrics["query_gallery.mAP"] <= 1.0 and "query_gallery.rank1" in metrics
+
+
+def test_search_runs_read_back_through_the_rest_api(search, mlflow_server):
+    work, _ = search
+    api = f"{mlflow_server}/api/2.0/mlflow"
+    exp = requests.get(f"{api}/experiments/get-by-name", params={"experiment_name": EXPERIMENT}, timeout=30)
+    assert exp.status_code == 200, exp.text
+    found = requests.post(f"{api}/runs/search", timeout=30, json={
+        "experiment_ids": [exp.json()["experiment"]["experiment_id"]],
+        "filter": "tags.`reid.search` = 'tiny'", "max_results": 100}).json()["runs"]
+    tags = [{t["key"]: t["value"] for t in r["data"]["tags"]} for r in found]
+    parents = [r for r, t in zip(found, tags) if t["reid.kind"] == "search"]
+    children = [(r, t) for r, t in zip(found, tags) if t["reid.kind"] == "trial"]
+    assert len(parents) == 1 and len(children) == 4
+    parent_id = parents[0]["info"]["run_id"]
+    assert all(t["mlflow.parentRunId"] == parent_id for _, t in children)
+    assert sorted(r["info"]["status"] for r, _ in children) == ["FAILED", "FINISHED", "FINISHED", "FINISHED"]
+    for r, _ in children:
+        if r["info"]["status"] == "FINISHED":
+            history = requests.get(f"{api}/metrics/get-history", timeout=30, params={
+                "run_id": r["info"]["run_id"], "metric_key": "val.mAP"}).json()["metrics"]
+            assert sorted(m["step"] for m in history) in ([1], [1, 2])
+            assert all(0.0 <= m["value"] <= 1.0 for m in history)
 
 
 def test_interrupted_search_resumes_with_tuner_restore(search, tiny_shards, tmp_path_factory):
