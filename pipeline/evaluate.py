@@ -12,7 +12,6 @@ an MLflow model URI, on the test split of any dataset root in any supported layo
         --root ../shared/data/cuhk03-msmt17/MSMT17_V1 --layout msmt17 --out eval/cuhk03
 """
 
-import json
 import tempfile
 from pathlib import Path
 
@@ -20,9 +19,9 @@ from pipeline import _cli
 from reid.data.protocols import Protocol
 from reid.engine.trainer import load_model
 from reid.evaluation.cross_domain import shard_test_split
-from reid.evaluation.rerank import RerankConfig
-from reid.evaluation.evaluate import (eval_device, eval_spec_for, first_round_recorder, flat_metrics, score,
-                                      untrained_like, write_reports, write_visual_reports)
+from reid.evaluation.evaluate import (eval_device, eval_settings, eval_spec_for, first_round_recorder, flat_metrics,
+                                      score, untrained_like, write_reports, write_visual_reports)
+from reid.tracking.journal import JOURNAL_DIR, read_run_file, sync_command
 from reid.tracking.mlflow_run import MlflowRun, load_logged_model, resolve_tracking_uri
 from pipeline.train import RUN_FILE
 
@@ -36,20 +35,11 @@ def _print(label: str, sets: dict) -> None:
               f"{r['num_gallery']} gallery, {r['num_rounds']} round(s))")
 
 
-def _eval_settings(params) -> dict:
-    """``eval_spec_for`` keyword arguments from the ``eval`` and ``loader`` params."""
-    e = params.eval
-    rerank = RerankConfig(e.rerank.k1, e.rerank.k2, e.rerank.lambda_value) if e.rerank.enabled else None
-    return dict(metric=e.metric, flip=e.flip, batch_size=e.batch_size, max_rank=e.max_rank,
-                chunk_size=e.chunk_size, num_threads=params.loader.num_threads, backend=params.loader.backend,
-                dtype=e.dtype, query_expansion=e.query_expansion, rerank=rerank)
-
-
 def stage(args, params) -> None:
     run_dir = _cli.RUNS / args.dataset
     model, meta = load_model(run_dir)
     model.to(eval_device())
-    spec = eval_spec_for(meta, _cli.SHARDS / args.dataset, **_eval_settings(params))
+    spec = eval_spec_for(meta, _cli.SHARDS / args.dataset, **eval_settings(params.eval, params.loader))
     protocol = Protocol.read(_cli.MANIFESTS / f"{args.dataset}.protocol.json")
     models = {"trained": model, "untrained": untrained_like(meta, params.engine.seed).to(eval_device())}
     results, rounds = {}, {}
@@ -63,34 +53,63 @@ def stage(args, params) -> None:
                                           f"{args.dataset} {label}", spec.metric, seed=params.engine.seed))
     for label, r in results.items():
         _print(f"{args.dataset} {label}", r)
-    run_info = json.loads((run_dir / RUN_FILE).read_text())
-    run = MlflowRun(run_info["tracking_uri"], params.mlflow.experiment, run_id=run_info["run_id"])
+    run_info = read_run_file(run_dir / RUN_FILE)  # a training run only in the offline journal continues there
+    run = MlflowRun(run_info["tracking_uri"], params.mlflow.experiment, run_id=run_info["run_id"],
+                    journal=run_dir / JOURNAL_DIR, journal_id=run_info["journal_id"] if run_info["offline"] else None)
     for label, sets in results.items():
         run.log_metrics(flat_metrics(sets, "" if label == "trained" else f"{label}."))
     for name, path in paths.items():
         run.log_artifact(path, artifact_path="evaluation")
     run.end()
+    if run.offline:
+        print(f"{args.dataset}: MLflow logged locally, sync with: {sync_command(run_dir / JOURNAL_DIR)}")
 
 
 def cross(args, params) -> None:
+    """Score ``--model`` on ``--root``; a ``models:/`` or ``runs:/`` model also gets the scores in
+    its source run as ``cross.<--name>.<set>.<metric>`` (checked before anything is scored)."""
+    from reid.tracking.compare import (CompareError, check_target_name, is_mlflow_model_uri, log_cross_metrics,
+                                       model_source_run)
+
     target = Path(args.model)
+    source_run = client = name = None
     if target.exists():
+        if args.name is not None:
+            raise SystemExit(f"--name names the scores logged into an MLflow model's source run; "
+                             f"{args.model} is a local path")
         model, meta = load_model(target if target.is_dir() else target.parent)
     else:
         import mlflow
 
-        mlflow.set_tracking_uri(resolve_tracking_uri(params.mlflow.tracking_uri))
+        uri = resolve_tracking_uri(params.mlflow.tracking_uri)
+        mlflow.set_tracking_uri(uri)
+        if is_mlflow_model_uri(args.model):
+            try:
+                name = check_target_name(args.name if args.name is not None else Path(args.root).resolve().name)
+            except CompareError as err:
+                raise SystemExit(f"--name: {err}" if args.name is not None
+                                 else f"{err}: it is the folder name of --root {args.root}; pass --name") from None
+            client = mlflow.MlflowClient(tracking_uri=uri)
+            try:
+                source_run = model_source_run(client, args.model)
+            except (CompareError, mlflow.exceptions.MlflowException) as err:
+                raise SystemExit(f"{args.model}: {err}") from None
+        elif args.name is not None:
+            raise SystemExit(f"--name applies to models:/ and runs:/ URIs only, not {args.model}")
         model, meta = load_logged_model(args.model)
     model.to(eval_device())
     with tempfile.TemporaryDirectory(prefix="reid-eval-") as tmp:
         protocol = shard_test_split(args.layout, args.root, Path(tmp), num_draws=args.num_draws,
                                     gallery_seed=args.gallery_seed, dataset=Path(args.root).name,
                                     test_sets=args.test_sets, check_images=True)
-        spec = eval_spec_for(meta, Path(tmp), **_eval_settings(params))
+        spec = eval_spec_for(meta, Path(tmp), **eval_settings(params.eval, params.loader))
         result = score(model, spec, protocol)
     out = Path(args.out)
     write_reports({"trained": result}, out / "metrics.json", out, title=f"CMC: {args.model} on {args.root}")
     _print(f"{args.model} on {args.root}", result)
+    if source_run is not None:
+        log_cross_metrics(client, source_run, name, flat_metrics(result))
+        print(f"logged cross.{name}.<set>.<metric> to MLflow run {source_run} (source of {args.model})")
 
 
 def main() -> None:
@@ -103,6 +122,10 @@ def main() -> None:
     p.add_argument("--num-draws", type=int, default=10, help="cross mode, vehicle layouts: gallery draws per list")
     p.add_argument("--gallery-seed", type=int, default=0, help="cross mode, vehicle layouts: gallery draw seed")
     p.add_argument("--out", default="eval", help="cross mode: output folder for metrics.json and cmc.png")
+    p.add_argument("--name", default=None,
+                   help="cross mode, models:/ or runs:/ model: the evaluated dataset's name in the metrics "
+                        "logged to the model's source run, cross.<name>.<set>.<metric> (default: the folder "
+                        "name of --root; no '.' or '/')")
     args = p.parse_args()
     params = _cli.load(args.params)
     if args.dataset and not args.model:

@@ -8,15 +8,15 @@ Several ranks: ``deepspeed --num_gpus N --module pipeline.train --params params.
 """
 
 import argparse
-import json
 import os
 import sys
 
 from pipeline import _cli
 from reid.data.protocols import Protocol
 from reid.engine.trainer import TrainingInterrupted, TrainSpec, model_meta, train
-from reid.evaluation.evaluate import EvalSpec, periodic_validator
+from reid.evaluation.evaluate import periodic_validator, validation_spec
 from reid.io import atomic_write_json
+from reid.tracking.journal import JOURNAL_DIR, read_run_file, sync_command
 from reid.tracking.mlflow_run import MlflowRun, resolve_tracking_uri
 
 RUN_FILE = "mlflow_run.json"
@@ -30,23 +30,22 @@ def main() -> None:
     params = _cli.load(args.params)
     ds = params.dataset(args.dataset)
     out_dir = _cli.RUNS / args.dataset
-    spec = TrainSpec(shards_dir=_cli.SHARDS / args.dataset, out_dir=out_dir, image_size=ds.image_size,
-                     sampler=params.sampler, loader=params.loader, model=params.model, loss=params.loss,
-                     optim=params.optim, engine=params.engine, deepspeed_template=_cli.deepspeed_template(params))
+    spec = TrainSpec.from_params(params, args.dataset, _cli.SHARDS / args.dataset, out_dir,
+                                 _cli.deepspeed_template(params))
     run = None
     if int(os.environ.get("RANK", "0")) == 0:
         uri = resolve_tracking_uri(params.mlflow.tracking_uri)
         previous = out_dir / RUN_FILE
-        run_id = json.loads(previous.read_text())["run_id"] if args.resume and previous.is_file() else None
-        run = MlflowRun(uri, params.mlflow.experiment, run_name=args.dataset, run_id=run_id,
-                        tags={"dataset": args.dataset, "layout": ds.layout})
-        if run_id is None:
+        # resume: the same run, still in the offline journal if it has not been synced yet
+        info = read_run_file(previous) if args.resume and previous.is_file() else None
+        run = MlflowRun(uri, params.mlflow.experiment, run_name=args.dataset, run_id=info and info["run_id"],
+                        tags={"dataset": args.dataset, "layout": ds.layout}, journal=out_dir / JOURNAL_DIR,
+                        journal_id=info["journal_id"] if info and info["offline"] else None)
+        if info is None:
             run.log_params({**spec.training_params(), "dataset": args.dataset, "dataset.root": ds.root})
-        atomic_write_json(previous, {"run_id": run.run_id, "tracking_uri": uri})
+        atomic_write_json(previous, run.record)
     val = params.validation
-    validate = periodic_validator(EvalSpec(spec.shards_dir, ds.image_size, params.loader.mean, params.loader.std,
-                                           metric=val.metric, flip=val.flip,
-                                           num_threads=params.loader.num_threads, backend=params.loader.backend),
+    validate = periodic_validator(validation_spec(spec.shards_dir, ds.image_size, params.loader, val),
                                   Protocol.read(_cli.MANIFESTS / f"{args.dataset}.protocol.json"),
                                   val.period, params.optim.epochs)
     try:
@@ -54,6 +53,7 @@ def main() -> None:
     except TrainingInterrupted as stopped:
         if run:
             run.end("KILLED")
+            atomic_write_json(out_dir / RUN_FILE, run.record)  # offline since? --resume continues the journal
         sys.exit(f"{args.dataset}: {stopped}; continue with: python -m pipeline.train --resume "
                  f"--params {args.params} --dataset {args.dataset}")
     except BaseException:
@@ -63,10 +63,12 @@ def main() -> None:
     if run:
         registered = f"reid-{args.dataset}" if params.mlflow.register_model else None
         model_uri = run.log_model(result.model, model_meta(spec, result.num_classes), registered)
-        atomic_write_json(out_dir / RUN_FILE, {"run_id": run.run_id, "tracking_uri": uri, "model_uri": model_uri})
         run.end()
+        atomic_write_json(out_dir / RUN_FILE, {**run.record, "model_uri": model_uri})
+        tracked = (f"MLflow run {run.run_id}, model {model_uri}" if not run.offline else
+                   f"MLflow server {uri} unreachable, logged locally, sync with: {sync_command(out_dir / JOURNAL_DIR)}")
         print(f"{args.dataset}: trained {len(result.history)} epochs, final loss "
-              f"{result.history[-1]['loss']:.4f}; MLflow run {run.run_id}, model {model_uri}")
+              f"{result.history[-1]['loss']:.4f}; {tracked}")
 
 
 if __name__ == "__main__":

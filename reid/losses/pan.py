@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from reid.losses.cross_entropy import CrossEntropyLabelSmooth
 from reid.losses.registry import register_loss
 
-__all__ = ["OrthogonalRegularization", "PartCrossEntropy", "SAGCrossEntropy", "orthogonal_penalty"]
+__all__ = ["OrthogonalRegularization", "PartCrossEntropy", "orthogonal_penalty"]
 
 
 @register_loss("pan_part_ce")
