@@ -23,12 +23,12 @@ from __future__ import annotations
 import csv
 import io
 import re
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Literal, Mapping, Optional, Sequence, Union
 
 from reid.io import atomic_write_text
+from reid.tracking.journal import now_ms
 
 #: The compared metrics, in column order, and their display names.
 METRICS = ("rank1", "mAP", "mINP")
@@ -489,7 +489,7 @@ def log_cross_metrics(client, run_id: str, target: str, metrics: Mapping[str, fl
     client = _client(client)
     check_target_name(target)
     logged = {f"{CROSS}.{target}.{k}": float(v) for k, v in sorted(metrics.items())}
-    timestamp = int(time.time() * 1000)
+    timestamp = now_ms()
     items = [Metric(k, v, timestamp, 0) for k, v in logged.items()]
     for start in range(0, len(items), 1000):  # MLflow's log_batch limit
         client.log_batch(run_id, metrics=items[start:start + 1000], synchronous=True)

@@ -491,8 +491,9 @@ class _Replay:
             return
         h = self.header
         if self.run_id is None:
-            exp = self._call(1, self.client.get_experiment_by_name, h["experiment"])
-            exp_id = exp.experiment_id if exp else self._call(1, self.client.create_experiment, h["experiment"])
+            from reid.tracking.mlflow_run import experiment_id  # mlflow_run imports this module
+
+            exp_id = self._call(1, experiment_id, self.client, h["experiment"])
             found = self._call(1, self.client.search_runs, [exp_id],
                                filter_string=f"tags.`{JOURNAL_TAG}` = '{h['journal_id']}'")
             if found:

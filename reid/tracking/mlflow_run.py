@@ -23,6 +23,12 @@ def resolve_tracking_uri(configured: Optional[str]) -> str:
     return configured or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
+def experiment_id(client, name: str) -> str:
+    """The id of the MLflow experiment ``name`` (created if missing), through ``client`` (an ``MlflowClient``)."""
+    exp = client.get_experiment_by_name(name)
+    return exp.experiment_id if exp else client.create_experiment(name)
+
+
 class MlflowRun:
     """A started (or resumed) MLflow run, with an optional local journal for server outages.
 
@@ -93,9 +99,7 @@ class MlflowRun:
                 client.log_batch(self._run_id, tags=[RunTag(k, v) for k, v in tags.items()])
             client.update_run(self._run_id, status="RUNNING")
             return
-        exp = client.get_experiment_by_name(self._experiment)
-        exp_id = exp.experiment_id if exp else client.create_experiment(self._experiment)
-        self._run_id = client.create_run(exp_id, tags=_context_tags(tags), run_name=run_name).info.run_id
+        self._run_id = client.create_run(experiment_id(client, self._experiment), tags=_context_tags(tags), run_name=run_name).info.run_id
 
     def _unreachable(self, err: Exception) -> str:
         """Why the server is gone, after ``err`` from an MLflow call; re-raises ``err`` when there is

@@ -15,6 +15,8 @@ from typing import Mapping, Optional
 from ray.tune.logger import LoggerCallback
 from ray.tune.result import AUTO_RESULT_KEYS
 
+from reid.tracking.journal import now_ms
+
 #: Tags of the runs a search creates.
 KIND_TAG = "reid.kind"
 SEARCH_TAG = "reid.search"
@@ -130,7 +132,7 @@ class TrialRuns(LoggerCallback):
 
         step = int(result.get("training_iteration", iteration))
         stamp = int(1000 * result.get("timestamp", 0)) or None
-        metrics = [Metric(metric_name(k), float(v), stamp or _now_ms(), step) for k, v in result.items()
+        metrics = [Metric(metric_name(k), float(v), stamp or now_ms(), step) for k, v in result.items()
                    if k not in _NOT_METRICS and isinstance(v, (int, float)) and not isinstance(v, bool)
                    and math.isfinite(float(v))]
         if metrics:
@@ -153,9 +155,3 @@ def _error_text(trial) -> str:
 
     path = trial.error_file
     return Path(path).read_text() if path and Path(path).is_file() else "trial failed (no error file)"
-
-
-def _now_ms() -> int:
-    import time
-
-    return int(time.time() * 1000)

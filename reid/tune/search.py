@@ -94,6 +94,7 @@ def run_search(setup: TrialSetup, tp: TuneParams, tracking_uri: str, experiment:
     from mlflow.tracking import MlflowClient
     from ray import tune
 
+    from reid.tracking.mlflow_run import experiment_id
     from reid.tune.mlflow_runs import TrialRuns, child_runs, parent_run
 
     space = model_space(tp, setup.params.model.name)
@@ -107,11 +108,10 @@ def run_search(setup: TrialSetup, tp: TuneParams, tracking_uri: str, experiment:
         raise FileExistsError(f"{path}: search {tp.name!r} exists; resume it (--resume) or set another tune.name")
 
     client = MlflowClient(tracking_uri)
-    exp = client.get_experiment_by_name(experiment)
-    experiment_id = exp.experiment_id if exp else client.create_experiment(experiment)
-    parent = parent_run(client, experiment_id, tp.name, resume,
+    exp_id = experiment_id(client, experiment)
+    parent = parent_run(client, exp_id, tp.name, resume,
                         tags={"dataset": setup.dataset, "model": setup.params.model.name})
-    callback = TrialRuns(tracking_uri, experiment_id, parent, tp.name, setup.max_epochs, setup.dataset,
+    callback = TrialRuns(tracking_uri, exp_id, parent, tp.name, setup.max_epochs, setup.dataset,
                          setup.params.model.name)
     if not resume:
         client.log_batch(parent, params=_params(tp, setup))
@@ -148,7 +148,7 @@ def run_search(setup: TrialSetup, tp: TuneParams, tracking_uri: str, experiment:
     finally:
         client.set_terminated(parent, status=status)
     return SearchOutcome(trials=trials, best=best, parent_run_id=parent, experiment_path=path,
-                         trial_run_ids=child_runs(client, experiment_id, parent))
+                         trial_run_ids=child_runs(client, exp_id, parent))
 
 
 def _searcher(tp: TuneParams, metric: str):
@@ -197,11 +197,11 @@ def _params(tp: TuneParams, setup: TrialSetup) -> list:
 
 
 def _summary(trials: list[TrialOutcome], best: Optional[TrialOutcome], metric: str) -> list:
-    import time
-
     from mlflow.entities import Metric
 
-    now = int(time.time() * 1000)
+    from reid.tracking.journal import now_ms
+
+    now = now_ms()
     values = {"trials": len(trials), "trials_failed": sum(t.status == "ERROR" for t in trials),
               "trials_stopped_early": sum(t.stopped_early for t in trials)}
     if best is not None:

@@ -114,10 +114,11 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
 
 
 def _num_classes(shards_dir: Path) -> int:
-    """Training identities in the shards (the classifier size the trainer builds)."""
+    """Training identities in the shards: the classifier size, by the trainer's own label map."""
+    from reid.data.manifest import contiguous_labels
     from reid.data.shards import ShardsIndex
 
-    return len(set(ShardsIndex.load(shards_dir).pids("train")))
+    return len(contiguous_labels(ShardsIndex.load(shards_dir).pids("train")))
 
 
 def load_trial_model(checkpoint_dir: Path):

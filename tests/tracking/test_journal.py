@@ -15,7 +15,7 @@ from pipeline import mlflow_sync
 from reid.models.registry import build
 from reid.tracking.journal import JOURNAL_DIR, SYNC_RECORD, JournalError, read_run_file, sync_journals
 from reid.tracking.mlflow_run import MlflowRun, load_logged_model
-from tests.conftest import free_port
+from reid.engine.distributed import free_port
 
 
 @pytest.fixture(autouse=True)

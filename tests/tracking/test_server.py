@@ -16,7 +16,8 @@ import yaml
 
 from reid.tracking.journal import JOURNAL_DIR, SYNC_RECORD, sync_journals
 from reid.tracking.mlflow_run import MlflowRun
-from tests.conftest import clean_env, free_port, tiny_params
+from reid.engine.distributed import free_port
+from tests.conftest import clean_env, tiny_params
 
 TIMEOUT_S = 240
 
