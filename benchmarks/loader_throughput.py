@@ -15,8 +15,10 @@ Usage (from the repository root)::
    each parsed with :func:`reid.data.layouts.parse` and sharded with
    :func:`reid.data.shards.write_shards` (1 MB tars) into ``<workdir>/<name>/shards``.
 2. **Loaders**, on the ``train`` split of the same shards, the same P x K sampler (seed 0) and
-   the same :class:`~reid.data.loaders.config.AugmentConfig`: output size = source size (256x128,
-   224x224), the default training augmentations flip 0.5, pad 10, random erasing p 0.5
+   the same :class:`~reid.data.loaders.config.AugmentConfig`, with two output sizes: the crops'
+   own size (256x128, 224x224: no resize needed, both paths skip it) and half of it (128x64, 112x112:
+   every image is resized, as crops of varying size are in the real datasets); the default training
+   augmentations flip 0.5, pad 10, random erasing p 0.5
    (Zhong et al., AAAI 2020), float32, ``num_threads=--threads`` (DALI CPU threads / DataLoader
    workers, default 2 = this machine's cores), ``prefetch=2``. Paths:
 
@@ -260,15 +262,17 @@ def markdown(res: dict) -> str:
         f"num_threads {a['threads']}, prefetch 2; {a['warmup']} warm-up + {a['batches']} timed batches per "
         f"measurement, best of {a['repeats']} rounds.",
         "",
-        "| dataset | crop (H×W) | path | P×K | img/s (best) | ratio vs PyTorch | median img/s | all rounds img/s |",
-        "|---|---|---|---|---|---|---|---|",
+        "| dataset | crop (H×W) | output (H×W) | path | P×K | img/s (best) | ratio vs PyTorch | median img/s | "
+        "all rounds img/s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, d in res["throughput"].items():
+    for row, d in res["throughput"].items():
+        name = row.split("@")[0]
         base = max(d["PyTorch"])
         for path, rounds in d.items():
             best = max(rounds)
-            lines.append(f"| {name} | {res['sizes'][name]} | {path} | {a['p']}×{a['k']} | {best:.0f} | "
-                         f"{best / base:.2f} | {statistics.median(rounds):.0f} | "
+            lines.append(f"| {name} | {res['sizes'][name]} | {res['outputs'][row]} | {path} | {a['p']}×{a['k']} | "
+                         f"{best:.0f} | {best / base:.2f} | {statistics.median(rounds):.0f} | "
                          f"{', '.join(f'{r:.0f}' for r in rounds)} |")
     if res.get("keep_up"):
         lines += ["", "Keep-up (ResNet-50 BNNeck, bf16 autocast, Adam): train steps/s fed by the loader ÷ "
@@ -307,15 +311,20 @@ def main(argv: list[str] | None = None) -> int:
     data = make_datasets(args.workdir, args.person_ids, args.vehicle_ids)
     paths = ["DALI-CPU", "DALI-CPU+src1", "PyTorch"] + (["DALI-GPU"] if cuda else [])
     throughput: dict[str, dict[str, list[float]]] = {}
+    outputs: dict[str, str] = {}
     for name, ds in data.items():
-        cfg = AugmentConfig(image_size=ds["size"], mean=MEAN, std=STD, flip_prob=0.5, pad=10, erase_prob=0.5,
-                            num_threads=args.threads, prefetch=2)
-        throughput[name] = {p: [] for p in paths}
-        for rnd in range(args.repeats):
-            for path in paths:
-                r = images_per_s(path, ds, cfg, args.p, args.k, args.warmup, args.batches)
-                throughput[name][path].append(r)
-                log(f"{name} {path} round {rnd + 1}: {r:.0f} img/s")
+        h, w = ds["size"]
+        for size in ((h, w), (h // 2, w // 2)):  # output = the crops' own size, then half of it (a resize)
+            cfg = AugmentConfig(image_size=size, mean=MEAN, std=STD, flip_prob=0.5, pad=10, erase_prob=0.5,
+                                num_threads=args.threads, prefetch=2)
+            row = f"{name}@{size[0]}x{size[1]}"
+            outputs[row] = f"{size[0]}×{size[1]}"
+            throughput[row] = {p: [] for p in paths}
+            for rnd in range(args.repeats):
+                for path in paths:
+                    r = images_per_s(path, ds, cfg, args.p, args.k, args.warmup, args.batches)
+                    throughput[row][path].append(r)
+                    log(f"{row} {path} round {rnd + 1}: {r:.0f} img/s")
     keep: dict[str, Any] = {}
     if cuda:
         device = torch.device("cuda", torch.cuda.current_device())
@@ -331,6 +340,7 @@ def main(argv: list[str] | None = None) -> int:
                                                      *(sys.argv[1:] if argv is None else argv)]),
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "sizes": {n: f"{d['size'][0]}×{d['size'][1]}" for n, d in data.items()},
+        "outputs": outputs,
         "train_images": {n: len(d["keys"]) for n, d in data.items()},
         "gen_s": sum(d["gen_s"] for d in data.values()),
         "throughput": throughput,

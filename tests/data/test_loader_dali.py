@@ -15,11 +15,12 @@ import pytest
 import torch
 from PIL import Image
 
+from reid.data import layouts
 from reid.data.loaders.dali import AugmentConfig, DaliTrainLoader, iterate_eval
 from reid.data.manifest import contiguous_labels
 from reid.data.samplers import PKSampler
 from reid.data.shards import ShardsError, ShardsIndex, write_shards
-from tests.data.loader_common import (CPU, EXACT, K, N_BATCHES, P, SIZE, cpu_pipelines, dali_batches,  # noqa: F401
+from tests.data.loader_common import (CPU, EXACT, K, N_BATCHES, P, SIZE, SOURCE, cpu_pipelines, dali_batches,  # noqa: F401
                                       dataset, loader_cfg, pk_sampler, synth, to_255)
 
 # Tolerance against the PIL reference, on the 0-255 scale. Both sides decode with libjpeg-turbo
@@ -311,6 +312,70 @@ def test_sharded_evaluation_covers_every_key_once_in_rank_order(ds, world_size):
     assert all(parts)
     n = len(keys)
     assert [len(p) for p in parts] == [n * (r + 1) // world_size - n * r // world_size for r in range(world_size)]
+
+
+# -- 7b. samples already at the output size skip the resize (CPU) ------------------------------
+
+
+def _decoded(index: ShardsIndex, key: str) -> np.ndarray:
+    """HWC 0-255 float: PIL decode of the shard's bytes, no resize."""
+    return np.asarray(Image.open(io.BytesIO(index.read_jpeg(key))).convert("RGB"), np.float32)
+
+
+def test_images_at_the_output_size_come_out_as_decoded(ds):
+    # output size = the JPEGs' own size: the pixels are the decoded JPEG, normalised, nothing else
+    cfg = loader_cfg(image_size=SOURCE)
+    index = ds["index"]
+    for batch in dali_batches(ds, cfg, n=2):
+        assert batch["images"].shape[-2:] == SOURCE
+        for key, img in zip(batch["keys"], batch["images"]):
+            np.testing.assert_allclose(to_255(img), _decoded(index, key), atol=EXACT)
+    keys = index.keys("gallery")
+    for key, img in _eval_images(index, keys, cfg, 5).items():
+        np.testing.assert_allclose(to_255(img), _decoded(index, key), atol=EXACT)
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Like ``ds``, but every other train and gallery JPEG is stored at the output size ``SIZE``,
+    so batches mix samples that need the resize with samples that skip it."""
+    base = tmp_path_factory.mktemp("dali_mixed")
+    root, manifest = synth(base)
+    resaved = set()
+    for split in ("train", "gallery"):
+        for row in manifest.split(split)[::2]:
+            path = root / row.relpath
+            with Image.open(path) as im:
+                im.convert("RGB").resize((SIZE[1], SIZE[0]), Image.Resampling.BILINEAR).save(path, quality=95)
+            resaved.add(row.relpath)
+    manifest = layouts.parse("msmt17", root)
+    write_shards(manifest, root, base / "shards", 20480)
+    out = dataset(ShardsIndex.load(base / "shards"))
+    out["at_size"] = {k for k in out["index"].keys("train") + out["index"].keys("gallery")
+                      if _decoded(out["index"], k).shape[:2] == SIZE}
+    assert len(out["at_size"]) == len(resaved)
+    return out
+
+
+def test_batches_mixing_resized_and_unresized_samples_keep_order_and_pixels(mixed):
+    index, at_size = mixed["index"], mixed["at_size"]
+    seen = set()
+    for batch in dali_batches(mixed, loader_cfg(), n=N_BATCHES):
+        assert batch["images"].shape == (P * K, 3) + SIZE
+        for key, img in zip(batch["keys"], batch["images"]):
+            if key in at_size:  # the stored pixels, exactly
+                np.testing.assert_allclose(to_255(img), _decoded(index, key), atol=EXACT)
+            else:
+                _assert_matches_reference(index, key, img)
+            seen.add(key in at_size)
+    assert seen == {True, False}
+    evals = _eval_images(index, index.keys("gallery"), loader_cfg(), 5)
+    assert at_size & set(evals) and set(evals) - at_size
+    for key, img in evals.items():
+        if key in at_size:
+            np.testing.assert_allclose(to_255(img), _decoded(index, key), atol=EXACT)
+        else:
+            _assert_matches_reference(index, key, img)
 
 
 # -- 8. corrupt JPEG inside a shard --------------------------------------------------------------

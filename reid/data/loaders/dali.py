@@ -8,10 +8,13 @@ decoding runs with ``device="mixed"`` (nvJPEG on GPU, ``hw_decoder_load`` of it 
 decoder) when CUDA is available and ``device="cpu"`` otherwise; the augmentations of
 :class:`~reid.data.loaders.config.AugmentConfig` run in DALI on the same device: resize, pad +
 random crop, horizontal flip, colour jitter, normalisation, random erasing (Zhong et al., AAAI
-2020, Alg. 1), then the output dtype. Their random numbers are not drawn by DALI's random
-operators but fed with each sample by the source (:func:`~reid.data.loaders.source.augment_draws`,
-a function of seed, global batch number and global slot), so the augmented pixels do not depend on
-the number of ranks and a run resumed mid-epoch sees the same pixels as an uninterrupted one.
+2020, Alg. 1), then the output dtype. On the CPU, samples already at the output size skip the
+resize (the result is the same; see :func:`_resize`). The random numbers are not drawn by DALI's
+random operators but fed with each sample by the source, already mapped to the operators'
+arguments (:func:`~reid.data.loaders.source.augment_draws`, a function of seed, global batch number
+and global slot, and :func:`~reid.data.loaders.source.augment_args`), so the augmented pixels do
+not depend on the number of ranks and a run resumed mid-epoch sees the same pixels as an
+uninterrupted one.
 
 Evaluation: :func:`iterate_eval` reads a split's tars sequentially with
 ``fn.readers.webdataset`` and the DALI ``.idx`` files, sharded across ranks.
@@ -36,7 +39,7 @@ import numpy as np
 import torch
 
 from reid.data.loaders.config import AugmentConfig
-from reid.data.loaders.source import AUGMENT_DRAWS, BatchPlan, SampledJpegSource
+from reid.data.loaders.source import BatchPlan, SampledJpegSource
 from reid.data.shards import ShardsError, ShardsIndex
 
 __all__ = ["AugmentConfig", "DaliTrainLoader", "iterate_eval", "cuda_device_id"]
@@ -61,58 +64,59 @@ def _decode(jpegs, cfg: AugmentConfig, gpu: bool):
     return fn.decoders.image(jpegs, device="cpu", output_type=types.RGB)
 
 
-def _augment(images, cfg: AugmentConfig, draws=None):
-    """Decoded HWC uint8 images -> normalised CHW images (module docstring order).
-
-    ``draws``: the per-sample ``(len(AUGMENT_DRAWS),)`` float32 uniforms of the source (training),
-    or ``None`` for evaluation (resize + normalise only).
-    """
+def _resize(images, cfg: AugmentConfig, shapes=None):
+    """Antialiased bilinear resize to ``cfg.image_size``. With ``shapes`` (the per-sample ``(H, W,
+    C)`` of ``fn.peek_image_shape``, CPU), samples that already have that size skip it (a DALI
+    conditional; needs ``enable_conditionals``): the resize of an image to its own size gives back
+    the same pixels, and on 2 CPU cores it costs more than the JPEG decode (benchmarks/RESULTS.md),
+    as torchvision, which skips it too, knows."""
     import nvidia.dali.fn as fn
-    import nvidia.dali.math as dmath
     import nvidia.dali.types as types
 
-    def draw(name: str):
-        return draws[AUGMENT_DRAWS.index(name)]
+    h, w = cfg.image_size
+    if shapes is None:
+        return fn.resize(images, size=[h, w], interp_type=types.INTERP_LINEAR, antialias=True)
+    if (shapes[0] != h) | (shapes[1] != w):
+        images = fn.resize(images, size=[h, w], interp_type=types.INTERP_LINEAR, antialias=True)
+    return images
 
-    def uniform(name: str, lo: float, hi: float):
-        return lo + draw(name) * (hi - lo)
+
+def _augment(images, cfg: AugmentConfig, args: dict | None = None):
+    """Resized HWC uint8 images -> normalised CHW images (module docstring order).
+
+    ``args``: the per-sample augmentation arguments of the source by name
+    (:func:`~reid.data.loaders.source.augment_outputs`; training), or ``None`` for evaluation
+    (normalise only).
+    """
+    import nvidia.dali.fn as fn
+    import nvidia.dali.types as types
 
     h, w = cfg.image_size
-    images = fn.resize(images, size=[h, w], interp_type=types.INTERP_LINEAR, antialias=True)
-    mirror = 0
-    train = draws is not None
-    if train:
-        if cfg.pad > 0:
-            # integer offset uniform in [-pad, pad] px per axis (anchor order x, y for "WH")
-            span = 2 * cfg.pad + 1
-            anchor = fn.cast(fn.stack(dmath.floor(draw("crop_x") * span), dmath.floor(draw("crop_y") * span))
-                             - cfg.pad, dtype=types.INT32)
-            images = fn.slice(images, anchor, np.array([w, h], np.int32), axis_names="WH",
-                              out_of_bounds_policy="pad", fill_values=0)
-        if cfg.flip_prob > 0:
-            mirror = fn.cast(draw("flip") < cfg.flip_prob, dtype=types.INT32)
-        if cfg.color_jitter > 0:
-            lo, hi = 1.0 - cfg.color_jitter, 1.0 + cfg.color_jitter
-            images = fn.color_twist(images, brightness=uniform("brightness", lo, hi),
-                                    contrast=uniform("contrast", lo, hi), saturation=uniform("saturation", lo, hi))
+    args = args or {}
+    if "crop_anchor" in args:  # pad + random crop: a window of image_size at an offset in [-pad, pad]
+        images = fn.slice(images, args["crop_anchor"], np.array([w, h], np.int32), axis_names="WH",
+                          out_of_bounds_policy="pad", fill_values=0)
+    if "color" in args:
+        color = args["color"]
+        images = fn.color_twist(images, brightness=color[0], contrast=color[1], saturation=color[2])
     dtype = types.FLOAT16 if cfg.dtype == "float16" else types.FLOAT
     images = fn.crop_mirror_normalize(images, dtype=dtype, output_layout="CHW", mean=list(cfg.mean),
-                                      std=list(cfg.std), mirror=mirror)
-    if train and cfg.erase_prob > 0:
-        # Zhong et al. 2020, Alg. 1: area S_e ~ U(s_l, s_h) * H * W, aspect r_e ~ U(r_1, r_2),
-        # H_e = sqrt(S_e r_e), W_e = sqrt(S_e / r_e), top-left corner uniform among the positions
-        # that keep the rectangle inside (instead of the paper's rejection loop, the sides are
-        # clipped to the image). In normalised coordinates: h = sqrt(a r W / H), w = sqrt(a H / (r W)).
-        area = uniform("erase_area", *cfg.erase_area)
-        ratio = uniform("erase_ratio", *cfg.erase_ratio)
-        eh = dmath.min(dmath.sqrt(area * ratio * (w / h)), 1.0)
-        ew = dmath.min(dmath.sqrt(area / ratio * (h / w)), 1.0)
-        on = fn.cast(draw("erase") < cfg.erase_prob, dtype=types.FLOAT)
-        y0 = draw("erase_y") * (1.0 - eh)
-        x0 = draw("erase_x") * (1.0 - ew)
-        images = fn.erase(images, anchor=fn.stack(y0, x0), shape=fn.stack(eh * on, ew * on), axis_names="HW",
+                                      std=list(cfg.std), mirror=args.get("mirror", 0))
+    if "erase_anchor" in args:  # Zhong et al. 2020, Alg. 1 (source.augment_args draws the rectangle)
+        images = fn.erase(images, anchor=args["erase_anchor"], shape=args["erase_shape"], axis_names="HW",
                           normalized_anchor=True, normalized_shape=True, fill_value=0.0)
     return images
+
+
+def _images(jpegs, cfg: AugmentConfig, gpu: bool, args: dict | None = None):
+    """Encoded JPEGs -> decoded, resized, augmented, normalised CHW images. On the CPU the resize
+    is skipped for samples already at ``cfg.image_size`` (the pipeline needs
+    ``enable_conditionals=not gpu``); on the GPU every sample is resized (cheap there, and the
+    conditional is not measured on a GPU yet)."""
+    import nvidia.dali.fn as fn
+
+    shapes = None if gpu else fn.peek_image_shape(jpegs)
+    return _augment(_resize(_decode(jpegs, cfg, gpu), cfg, shapes), cfg, args)
 
 
 def _train_pipeline(source: SampledJpegSource, cfg: AugmentConfig, batch_size: int,
@@ -122,15 +126,18 @@ def _train_pipeline(source: SampledJpegSource, cfg: AugmentConfig, batch_size: i
     from nvidia.dali import pipeline_def
 
     extra = {"py_num_workers": source_workers, "py_start_method": "spawn"} if source_workers else {}
+    gpu = device_id is not None
+    arg_dtypes = {"crop_anchor": types.INT32, "mirror": types.INT32, "color": types.FLOAT,
+                  "erase_anchor": types.FLOAT, "erase_shape": types.FLOAT}
 
     # seed=0: no DALI random operator runs; the random numbers come with the samples
     @pipeline_def(batch_size=batch_size, num_threads=cfg.num_threads, device_id=device_id, seed=0,
-                  prefetch_queue_depth=cfg.prefetch, **extra)
+                  prefetch_queue_depth=cfg.prefetch, enable_conditionals=not gpu, **extra)
     def pipe():
-        dtypes = [types.UINT8, types.INT64, types.INT32] + ([types.FLOAT] if source.with_draws else [])
-        jpegs, idx, skipped, *draws = fn.external_source(source=source, num_outputs=len(dtypes), batch=False,
-                                                         parallel=source_workers > 0, dtype=dtypes)
-        images = _augment(_decode(jpegs, cfg, device_id is not None), cfg, draws[0] if draws else None)
+        dtypes = [types.UINT8, types.INT64, types.INT32] + [arg_dtypes[n] for n in source.augment_outputs]
+        jpegs, idx, skipped, *args = fn.external_source(source=source, num_outputs=len(dtypes), batch=False,
+                                                        parallel=source_workers > 0, dtype=dtypes)
+        images = _images(jpegs, cfg, gpu, dict(zip(source.augment_outputs, args)))
         return images, idx, skipped
 
     p = pipe()
@@ -237,7 +244,7 @@ class DaliTrainLoader:
         self.skipped = 0
         self._n = 0
         self.source = SampledJpegSource(index, self.table.keys, self.table.pids, sampler, cfg.on_corrupt, seed=seed,
-                                        with_draws=cfg.augments)
+                                        augment=cfg)
         self.batch_size = len(self.source.batch_indices(0))
         self._pipe = _train_pipeline(self.source, cfg, self.batch_size, cuda_device_id(), source_workers)
 
@@ -304,14 +311,14 @@ def _eval_pipeline(index: ShardsIndex, splits: list[str], cfg: AugmentConfig, ba
     device_id = cuda_device_id()
 
     @pipeline_def(batch_size=batch_size, num_threads=cfg.num_threads, device_id=device_id, seed=0,
-                  prefetch_queue_depth=cfg.prefetch)
+                  prefetch_queue_depth=cfg.prefetch, enable_conditionals=device_id is None)
     def pipe():
         jpegs, labels = fn.readers.webdataset(
             paths=[str(p) for s in splits for p in index.shard_paths(s)],
             index_paths=[str(p) for s in splits for p in index.index_paths(s)],
             ext=["jpg", "json"], shard_id=rank, num_shards=world_size, random_shuffle=False,
             pad_last_batch=True, name="reader")
-        return _augment(_decode(jpegs, cfg, device_id is not None), cfg), labels
+        return _images(jpegs, cfg, device_id is not None), labels
 
     p = pipe()
     p.build()

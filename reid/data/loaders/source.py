@@ -10,8 +10,11 @@ The random numbers of the augmentations come from here too (:func:`augment_draws
 random operators: they are a function of ``(seed, global batch number, global slot)`` only. So a
 sample is augmented the same way whatever the rank layout (rank ``r`` of ``W`` holds the slots
 ``[r B, (r + 1) B)`` of the global batch, as the samplers lay it out), and a run resumed in the
-middle of an epoch continues the exact sequence. This module does not import torch, so spawned
-workers start quickly.
+middle of an epoch continues the exact sequence. The source also maps a sample's draws to the
+arguments of the DALI operators (:func:`augment_args`: crop offset, mirror flag, jitter factors,
+erased rectangle), here in numpy rather than as a dozen small DALI arithmetic operators per batch,
+which cost more than the pixel work on a CPU-only host (see ``benchmarks/RESULTS.md``). This module
+does not import torch, so spawned workers start quickly.
 """
 
 from __future__ import annotations
@@ -20,9 +23,11 @@ from typing import Any, Protocol, Sequence
 
 import numpy as np
 
+from reid.data.loaders.config import AugmentConfig
 from reid.data.shards import ShardsError, ShardsIndex
 
-__all__ = ["AUGMENT_DRAWS", "BatchPlan", "SampledJpegSource", "augment_draws", "jpeg_looks_complete"]
+__all__ = ["AUGMENT_DRAWS", "BatchPlan", "SampledJpegSource", "augment_args", "augment_draws", "augment_outputs",
+           "jpeg_looks_complete"]
 
 #: The uniform draws in ``[0, 1)`` each training sample gets, in this column order (the DALI
 #: graph maps them to the ranges of :class:`~reid.data.loaders.config.AugmentConfig`). Every
@@ -65,6 +70,78 @@ def augment_draws(seed: int, batch: int, global_batch_size: int) -> np.ndarray:
     return rng.random((global_batch_size, len(AUGMENT_DRAWS)), dtype=np.float32)
 
 
+def augment_outputs(cfg: AugmentConfig) -> tuple[str, ...]:
+    """Names of the per-sample augmentation arguments :func:`augment_args` gives for ``cfg``, in
+    order; only the enabled augmentations have one (empty when ``cfg.augments`` is False)."""
+    names: list[str] = []
+    if cfg.pad > 0:
+        names.append("crop_anchor")
+    if cfg.flip_prob > 0:
+        names.append("mirror")
+    if cfg.color_jitter > 0:
+        names.append("color")
+    if cfg.erase_prob > 0:
+        names += ["erase_anchor", "erase_shape"]
+    return tuple(names)
+
+
+def augment_args(draws: np.ndarray, cfg: AugmentConfig) -> tuple[np.ndarray, ...]:
+    """One sample's DALI augmentation arguments from its uniform draws, in the order of
+    :func:`augment_outputs`. All arithmetic is float32, as DALI's own would be.
+
+    Args:
+        draws: ``(len(AUGMENT_DRAWS),)`` float32 in ``[0, 1)`` (a row of :func:`augment_draws`).
+        cfg: the pipeline settings; ``cfg.image_size`` is the output ``(H, W)`` in pixels.
+
+    Returns:
+        ``crop_anchor``: ``(2,)`` int32, the crop window's top-left corner ``(x, y)`` in pixels
+        relative to the image, each ``floor(u (2 pad + 1)) - pad``, i.e. uniform in ``[-pad,
+        pad]`` (the window is ``image_size``; outside the image is zero padding).
+        ``mirror``: ``()`` int32, 1 with probability ``flip_prob``.
+        ``color``: ``(3,)`` float32 brightness, contrast and saturation factors, each uniform in
+        ``[1 - s, 1 + s]`` for ``s = color_jitter``.
+        ``erase_anchor``, ``erase_shape``: ``(2,)`` float32 ``(y, x)`` and ``(h, w)`` of the erased
+        rectangle as fractions of the image (Zhong et al., AAAI 2020, Alg. 1: area ``S_e ~
+        U(erase_area) H W`` and aspect ratio ``r_e = H_e / W_e ~ U(erase_ratio)``, so ``H_e =
+        sqrt(S_e r_e)`` and ``W_e = sqrt(S_e / r_e)``; instead of the paper's rejection loop the
+        sides are clipped to the image, and the corner is uniform among the positions that keep
+        the rectangle inside). The shape is ``(0, 0)`` (nothing erased) with probability ``1 -
+        erase_prob``.
+
+    Raises:
+        ValueError: ``draws`` of the wrong shape.
+    """
+    d = np.asarray(draws, np.float32)
+    if d.shape != (len(AUGMENT_DRAWS),):
+        raise ValueError(f"augment_args: draws must have shape ({len(AUGMENT_DRAWS)},), got {d.shape}")
+    u = dict(zip(AUGMENT_DRAWS, d))
+    f32 = np.float32
+
+    def uniform(name: str, lo: float, hi: float) -> np.float32:
+        return f32(lo) + u[name] * f32(hi - lo)
+
+    h, w = cfg.image_size
+    out: list[np.ndarray] = []
+    if cfg.pad > 0:
+        span = f32(2 * cfg.pad + 1)
+        out.append(np.array([np.floor(u["crop_x"] * span), np.floor(u["crop_y"] * span)], np.float32)
+                   .astype(np.int32) - np.int32(cfg.pad))
+    if cfg.flip_prob > 0:
+        out.append(np.array(u["flip"] < f32(cfg.flip_prob), np.int32))
+    if cfg.color_jitter > 0:
+        lo, hi = 1.0 - cfg.color_jitter, 1.0 + cfg.color_jitter
+        out.append(np.array([uniform(n, lo, hi) for n in ("brightness", "contrast", "saturation")], np.float32))
+    if cfg.erase_prob > 0:
+        area = uniform("erase_area", *cfg.erase_area)
+        ratio = uniform("erase_ratio", *cfg.erase_ratio)
+        eh = min(np.sqrt(area * ratio * f32(w / h)), f32(1.0))
+        ew = min(np.sqrt(area / ratio * f32(h / w)), f32(1.0))
+        on = f32(u["erase"] < f32(cfg.erase_prob))
+        out.append(np.array([u["erase_y"] * (f32(1.0) - eh), u["erase_x"] * (f32(1.0) - ew)], np.float32))
+        out.append(np.array([eh * on, ew * on], np.float32))
+    return tuple(out)
+
+
 def jpeg_looks_complete(data: bytes) -> bool:
     """Cheap structural check: starts with the SOI marker and ends with EOI (trailing zero
     padding allowed). Catches empty and truncated files, the usual corruption, in O(1)."""
@@ -73,7 +150,8 @@ def jpeg_looks_complete(data: bytes) -> bool:
 
 class SampledJpegSource:
     """Per-sample callback: sample ``j`` of batch ``n`` -> ``(jpeg uint8 (L,), index int64 (1,),
-    skipped int32 (1,), draws float32 (len(AUGMENT_DRAWS),))``.
+    skipped int32 (1,), *augment_args)``, the last being that sample's :func:`augment_args` for
+    ``augment`` (none without one).
 
     Args:
         index: the shards (picklable; reads by ``pread`` at the recorded offsets).
@@ -85,12 +163,12 @@ class SampledJpegSource:
             :class:`ShardsError` naming the shard tar and key; ``"skip"``: it is replaced by the
             next image of the same identity (cycling through ``keys`` order) that passes, and the
             sample's ``skipped`` output is 1.
-        seed: augmentation seed (int >= 0); ``draws`` of sample ``j`` of batch ``n`` is row
+        seed: augmentation seed (int >= 0); the draws of sample ``j`` of batch ``n`` are row
             ``rank * B + j`` of ``augment_draws(seed, n_abs, world_size * B)``, with ``n_abs`` the
             sampler position (``epoch * steps_per_epoch + step``) and ``rank``/``world_size`` the
             sampler's (1 rank when it has none).
-        with_draws: whether the call returns ``draws`` (False: three outputs, for a pipeline
-            without random augmentation).
+        augment: the pipeline settings whose :func:`augment_args` each call returns; None (or
+            settings without random augmentation): three outputs only.
 
     Raises:
         ShardsError: a corrupt sample with ``on_corrupt="error"``, or an identity with no
@@ -98,7 +176,7 @@ class SampledJpegSource:
     """
 
     def __init__(self, index: ShardsIndex, keys: Sequence[str], pids: Sequence[int], sampler: BatchPlan,
-                 on_corrupt: str = "error", seed: int = 0, with_draws: bool = True) -> None:
+                 on_corrupt: str = "error", seed: int = 0, augment: AugmentConfig | None = None) -> None:
         if on_corrupt not in ("error", "skip"):
             raise ValueError(f"on_corrupt must be 'error' or 'skip', got {on_corrupt!r}")
         if not isinstance(seed, int) or seed < 0:
@@ -109,7 +187,9 @@ class SampledJpegSource:
         self.sampler = sampler
         self.on_corrupt = on_corrupt
         self.seed = seed
-        self.with_draws = with_draws
+        self.augment = augment if augment is not None and augment.augments else None
+        #: names of the augmentation outputs after the first three (see :func:`augment_outputs`)
+        self.augment_outputs = augment_outputs(self.augment) if self.augment else ()
         self.rank = int(getattr(sampler, "rank", 0))
         self.world_size = int(getattr(sampler, "world_size", 1))
         state = sampler.state_dict()
@@ -157,4 +237,6 @@ class SampledJpegSource:
         i = self.batch_indices(info.iteration)[info.idx_in_batch]
         jpeg, used, skipped = self.read(i)
         out = (jpeg, np.array([used], np.int64), np.array([skipped], np.int32))
-        return out + (self.draws(info.iteration)[info.idx_in_batch],) if self.with_draws else out
+        if self.augment is None:
+            return out
+        return out + augment_args(self.draws(info.iteration)[info.idx_in_batch], self.augment)
