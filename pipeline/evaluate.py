@@ -22,7 +22,9 @@ from reid.evaluation.cross_domain import shard_test_split
 from reid.evaluation.evaluate import (eval_device, eval_settings, eval_spec_for, first_round_recorder, flat_metrics,
                                       score, untrained_like, write_reports, write_visual_reports)
 from reid.tracking.journal import JOURNAL_DIR, read_run_file, sync_command
-from reid.tracking.mlflow_run import MlflowRun, load_logged_model, resolve_tracking_uri
+from reid.tracking.compare import CompareError
+from reid.tracking.cross_target import resolve_cross_target
+from reid.tracking.mlflow_run import MlflowRun, resolve_tracking_uri
 from pipeline.train import RUN_FILE
 
 
@@ -68,35 +70,12 @@ def stage(args, params) -> None:
 def cross(args, params) -> None:
     """Score ``--model`` on ``--root``; a ``models:/`` or ``runs:/`` model also gets the scores in
     its source run as ``cross.<--name>.<set>.<metric>`` (checked before anything is scored)."""
-    from reid.tracking.compare import (CompareError, check_target_name, is_mlflow_model_uri, log_cross_metrics,
-                                       model_source_run)
-
-    target = Path(args.model)
-    source_run = client = name = None
-    if target.exists():
-        if args.name is not None:
-            raise SystemExit(f"--name names the scores logged into an MLflow model's source run; "
-                             f"{args.model} is a local path")
-        model, meta = load_model(target if target.is_dir() else target.parent)
-    else:
-        import mlflow
-
-        uri = resolve_tracking_uri(params.mlflow.tracking_uri)
-        mlflow.set_tracking_uri(uri)
-        if is_mlflow_model_uri(args.model):
-            try:
-                name = check_target_name(args.name if args.name is not None else Path(args.root).resolve().name)
-            except CompareError as err:
-                raise SystemExit(f"--name: {err}" if args.name is not None
-                                 else f"{err}: it is the folder name of --root {args.root}; pass --name") from None
-            client = mlflow.MlflowClient(tracking_uri=uri)
-            try:
-                source_run = model_source_run(client, args.model)
-            except (CompareError, mlflow.exceptions.MlflowException) as err:
-                raise SystemExit(f"{args.model}: {err}") from None
-        elif args.name is not None:
-            raise SystemExit(f"--name applies to models:/ and runs:/ URIs only, not {args.model}")
-        model, meta = load_logged_model(args.model)
+    try:
+        target = resolve_cross_target(args.model, args.root, args.name,
+                                      resolve_tracking_uri(params.mlflow.tracking_uri))
+    except CompareError as err:
+        raise SystemExit(str(err)) from None
+    model, meta = target.module, target.meta
     model.to(eval_device())
     with tempfile.TemporaryDirectory(prefix="reid-eval-") as tmp:
         protocol = shard_test_split(args.layout, args.root, Path(tmp), num_draws=args.num_draws,
@@ -107,9 +86,8 @@ def cross(args, params) -> None:
     out = Path(args.out)
     write_reports({"trained": result}, out / "metrics.json", out, title=f"CMC: {args.model} on {args.root}")
     _print(f"{args.model} on {args.root}", result)
-    if source_run is not None:
-        log_cross_metrics(client, source_run, name, flat_metrics(result))
-        print(f"logged cross.{name}.<set>.<metric> to MLflow run {source_run} (source of {args.model})")
+    if target.log(flat_metrics(result)):
+        print(f"logged cross.{target.name}.<set>.<metric> to MLflow run {target.source_run} (source of {args.model})")
 
 
 def main() -> None:

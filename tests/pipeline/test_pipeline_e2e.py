@@ -386,13 +386,18 @@ def test_cross_dataset_by_run_folder(pipe: Pipeline, cross: dict):
     assert (out / "cmc_trained.csv").read_text() == (pipe.work / "plots" / "msmt17" / "cmc_trained.csv").read_text()
 
 
-def test_cross_dataset_by_mlflow_uri(pipe: Pipeline, cross: dict):
+def test_cross_dataset_by_mlflow_uri(pipe: Pipeline, cross: dict, client):
     by_uri = json.loads((cross["uri"] / "metrics.json").read_text())
     by_dir = json.loads((cross["dir"] / "metrics.json").read_text())
     assert set(by_uri) == {"trained"}
     for key in (*METRIC_KEYS, "num_query", "num_gallery"):
         assert by_uri["trained"][SET][key] == pytest.approx(by_dir["trained"][SET][key], abs=1e-6), key
     assert by_uri["trained"][SET]["mAP"] == pytest.approx(pipe.metrics("msmt17")["trained"][SET]["mAP"], abs=1e-6)
+    # the scores also went into the model's source run, under the root's folder name
+    run = client.get_run(client.get_model_version("reid-msmt17", "1").run_id)
+    target = Path(pipe.params["datasets"]["msmt17"]["root"]).name
+    for key in METRIC_KEYS:
+        assert run.data.metrics[f"cross.{target}.{SET}.{key}"] == pytest.approx(by_uri["trained"][SET][key], abs=1e-6)
 
 
 # ------------------------------------------------------------------------------------------
