@@ -67,9 +67,9 @@ def _decode(jpegs, cfg: AugmentConfig, gpu: bool):
 def _resize(images, cfg: AugmentConfig, shapes=None):
     """Antialiased bilinear resize to ``cfg.image_size``. With ``shapes`` (the per-sample ``(H, W,
     C)`` of ``fn.peek_image_shape``, CPU), samples that already have that size skip it (a DALI
-    conditional; needs ``enable_conditionals``): the resize of an image to its own size gives back
-    the same pixels, and on 2 CPU cores it costs more than the JPEG decode (benchmarks/RESULTS.md),
-    as torchvision, which skips it too, knows."""
+    conditional; needs ``enable_conditionals``): resizing an image to its own size gives back the
+    same pixels but, on 2 CPU cores, costs more than the JPEG decode (benchmarks/RESULTS.md);
+    torchvision's ``Resize`` skips it too."""
     import nvidia.dali.fn as fn
     import nvidia.dali.types as types
 
