@@ -30,7 +30,7 @@ __all__ = ["AUGMENT_DRAWS", "BatchPlan", "SampledJpegSource", "augment_args", "a
            "jpeg_looks_complete"]
 
 #: The uniform draws in ``[0, 1)`` each training sample gets, in this column order (the DALI
-#: graph maps them to the ranges of :class:`~reid.data.loaders.config.AugmentConfig`). Every
+#: graph gets them mapped to the ranges of the config by :func:`augment_args`). Every
 #: sample gets all of them whatever is enabled, so switching one augmentation on or off does not
 #: change the draws of the others.
 AUGMENT_DRAWS = ("crop_x", "crop_y", "flip", "brightness", "contrast", "saturation", "erase", "erase_area",
