@@ -29,6 +29,17 @@ def _save_png(fig, path: str | Path) -> Path:
     return path
 
 
+def _finish_axes(fig, ax, path: str | Path, title: str, xlabel: str, ylabel: str, legend_loc: str) -> Path:
+    """Label, title, light grid and small legend for a one-axes figure, then :func:`_save_png`."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc=legend_loc, fontsize="small")
+    fig.tight_layout()
+    return _save_png(fig, path)
+
+
 def _as_cmc(cmc: Any, name: str) -> np.ndarray:
     arr = np.asarray(cmc, dtype=np.float64)
     if arr.ndim != 1 or arr.shape[0] == 0:
@@ -94,13 +105,7 @@ def plot_cmc(
         max_len = max(max_len, cmc.shape[0])
     ax.set_xlim(1, max(max_len, 2))
     ax.set_ylim(0, 100)
-    ax.set_xlabel("Rank")
-    ax.set_ylabel("Matching rate (%)")
-    ax.set_title(title)
-    ax.grid(True, alpha=0.3)
-    ax.legend(loc="lower right", fontsize="small")
-    fig.tight_layout()
-    return _save_png(fig, path)
+    return _finish_axes(fig, ax, path, title, "Rank", "Matching rate (%)", legend_loc="lower right")
 
 
 def write_cmc_csv(cmc: Any, path: str | Path) -> Path:
@@ -192,13 +197,7 @@ def plot_distance_histograms(pos: np.ndarray, neg: np.ndarray, path: str | Path,
         ax.hist(values, bins=edges, density=True, histtype="stepfilled", alpha=0.45, color=colour,
                 edgecolor=colour, label=f"{label}: n={values.size:,}, mean {mean:.4g}")
         ax.axvline(mean, color=colour, linestyle="--", linewidth=1.2)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("density")
-    ax.set_title(title)
-    ax.grid(True, alpha=0.3)
-    ax.legend(loc="upper right", fontsize="small")
-    fig.tight_layout()
-    return _save_png(fig, path)
+    return _finish_axes(fig, ax, path, title, xlabel, "density", legend_loc="upper right")
 
 
 def _draw(rng: np.random.Generator, total: int, max_pairs: int) -> np.ndarray:
