@@ -41,6 +41,8 @@ from reid.params import (EngineParams, LoaderParams, LossParams, ModelParams, Op
 
 MODEL_WEIGHTS = "model.pt"
 MODEL_META = "model.json"
+#: The DeepSpeed checkpoints of a run, under its ``out_dir``.
+CHECKPOINTS = "checkpoints"
 
 
 @dataclass(frozen=True)
@@ -275,7 +277,7 @@ def train(spec: TrainSpec, resume: bool = False,
 
     dist: DistInfo = init_distributed()
     out_dir = Path(spec.out_dir)
-    ckpt_dir = out_dir / "checkpoints"
+    ckpt_dir = out_dir / CHECKPOINTS
     index = ShardsIndex.load(spec.shards_dir)
     keys = index.keys("train")
     pids = index.pids("train")
@@ -380,9 +382,8 @@ def train(spec: TrainSpec, resume: bool = False,
         save_model(state, out_dir, model_meta(spec, num_classes))
     barrier()
     # A plain module (DeepSpeed leaves process-group handles on engine.module, which cannot be pickled).
-    model = build(spec.model.name, num_classes, **spec.model_kwargs())
-    model.load_state_dict(state)
-    return RunResult(model=model.eval(), num_classes=num_classes, model_path=model_path, history=history)
+    model = model_from_meta(model_meta(spec, num_classes), state)
+    return RunResult(model=model, num_classes=num_classes, model_path=model_path, history=history)
 
 
 def cpu_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -420,6 +421,15 @@ def load_model(run_dir: Path) -> tuple[torch.nn.Module, dict]:
         if not p.is_file():
             raise FileNotFoundError(f"{p}: not found (expected a trained model folder)")
     meta = json.loads(meta_path.read_text())
+    return model_from_meta(meta, torch.load(weights_path, map_location="cpu", weights_only=True)), meta
+
+
+def model_from_meta(meta: dict, state: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """The module :func:`model_meta` describes, with the weights ``state`` loaded, in eval mode.
+
+    Raises:
+        RuntimeError: the weights do not match the architecture.
+    """
     model = build(meta["name"], meta["num_classes"], **meta["kwargs"])
-    model.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
-    return model.eval(), meta
+    model.load_state_dict(state)
+    return model.eval()

@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
+from reid.engine.trainer import CHECKPOINTS, MODEL_META
 from reid.params import Params
 
-#: Inside a trial checkpoint: the trainer's checkpoint folder (one tag + ``latest``) and the model meta.
-CHECKPOINTS = "checkpoints"
-MODEL_META = "model.json"
+# Inside a trial checkpoint: the trainer's checkpoint folder CHECKPOINTS (one tag + ``latest``) and
+# the model meta MODEL_META, named as in a run folder.
 
 
 @dataclass(frozen=True)
@@ -134,7 +134,7 @@ def load_trial_model(checkpoint_dir: Path):
     import json
 
     from reid.engine import checkpoint
-    from reid.models import build
+    from reid.engine.trainer import model_from_meta
 
     checkpoint_dir = Path(checkpoint_dir)
     meta_path = checkpoint_dir / MODEL_META
@@ -142,7 +142,4 @@ def load_trial_model(checkpoint_dir: Path):
         raise FileNotFoundError(f"{meta_path}: not found (not a trial checkpoint)")
     meta = json.loads(meta_path.read_text())
     ckpt_dir = checkpoint_dir / CHECKPOINTS
-    state = checkpoint.module_state_dict(ckpt_dir / checkpoint.latest_tag(ckpt_dir))
-    model = build(meta["name"], meta["num_classes"], **meta["kwargs"])
-    model.load_state_dict(state)
-    return model.eval(), meta
+    return model_from_meta(meta, checkpoint.module_state_dict(ckpt_dir / checkpoint.latest_tag(ckpt_dir))), meta
