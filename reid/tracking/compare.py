@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import IO, Literal, Mapping, Optional, Sequence, Union
 
 from reid.io import atomic_write_text
-from reid.tracking.journal import now_ms
+from reid.tracking.journal import log_batches, now_ms
 
 #: The compared metrics, in column order, and their display names.
 METRICS = ("rank1", "mAP", "mINP")
@@ -490,7 +490,5 @@ def log_cross_metrics(client, run_id: str, target: str, metrics: Mapping[str, fl
     check_target_name(target)
     logged = {f"{CROSS}.{target}.{k}": float(v) for k, v in sorted(metrics.items())}
     timestamp = now_ms()
-    items = [Metric(k, v, timestamp, 0) for k, v in logged.items()]
-    for start in range(0, len(items), 1000):  # MLflow's log_batch limit
-        client.log_batch(run_id, metrics=items[start:start + 1000], synchronous=True)
+    log_batches(client, run_id, metrics=[Metric(k, v, timestamp, 0) for k, v in logged.items()])
     return logged

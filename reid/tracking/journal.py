@@ -35,7 +35,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping, Optional
+from typing import Callable, Mapping, Optional, Sequence
 from urllib.parse import urlparse
 
 from reid.io import atomic_open, atomic_write_json
@@ -60,7 +60,8 @@ _RECORD_FIELDS = {
     "end": ("status", "timestamp_ms"),
 }
 _HEADER_FIELDS = ("version", "journal_id", "tracking_uri", "experiment", "run_name", "run_id", "tags", "created_ms")
-_MAX_PARAMS, _MAX_METRICS = 100, 1000  # MLflow log_batch limits per request
+#: MLflow's limits on params and metrics per ``log_batch`` request.
+MAX_BATCH_PARAMS, MAX_BATCH_METRICS = 100, 1000
 
 
 class JournalError(Exception):
@@ -70,6 +71,34 @@ class JournalError(Exception):
 def now_ms() -> int:
     """Wall-clock time in ms since the epoch (MLflow's timestamp unit)."""
     return int(time.time() * 1000)
+
+
+def log_batches(client, run_id: str, params: Sequence = (), metrics: Sequence = ()) -> None:
+    """Log ``params`` (``mlflow.entities.Param``), then ``metrics`` (``Metric``) into ``run_id``,
+    synchronously, in as many ``log_batch`` requests as :data:`MAX_BATCH_PARAMS` /
+    :data:`MAX_BATCH_METRICS` need.
+
+    Raises:
+        mlflow.exceptions.MlflowException: the store refused a request or could not be reached.
+    """
+    for i in range(0, len(params), MAX_BATCH_PARAMS):
+        client.log_batch(run_id, params=list(params[i:i + MAX_BATCH_PARAMS]), synchronous=True)
+    for i in range(0, len(metrics), MAX_BATCH_METRICS):
+        client.log_batch(run_id, metrics=list(metrics[i:i + MAX_BATCH_METRICS]), synchronous=True)
+
+
+def reopen_run(client, run_id: str, tags: Mapping[str, object]) -> None:
+    """Continue an existing run as ``mlflow.start_run(run_id=...)`` does: set ``tags`` on it and
+    mark it RUNNING.
+
+    Raises:
+        mlflow.exceptions.MlflowException: unknown run, or the store could not be reached.
+    """
+    from mlflow.entities import RunTag
+
+    if tags:
+        client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+    client.update_run(run_id, status="RUNNING")
 
 
 def sync_command(journal_dir: Path) -> str:
@@ -504,15 +533,8 @@ class _Replay:
                 self.run_id = run.info.run_id
         else:
             self._call(1, self.client.get_run, self.run_id)  # names the run when this server lacks it
-            self._reopen(1, h["tags"])
+            self._call(1, reopen_run, self.client, self.run_id, h["tags"])
         self._save(1)
-
-    def _reopen(self, line: int, tags: Mapping[str, str]) -> None:
-        from mlflow.entities import RunTag
-
-        if tags:
-            self._call(line, self.client.log_batch, self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
-        self._call(line, self.client.update_run, self.run_id, status="RUNNING")
 
     def records(self, records: list[tuple[int, dict]]) -> None:
         from mlflow.entities import Metric, Param
@@ -533,10 +555,7 @@ class _Replay:
                         metrics += [Metric(k, float(v), int(r["timestamp_ms"]), int(r["step"] or 0))
                                     for k, v in r["metrics"].items()]
                     i += 1
-                for j in range(0, len(params), _MAX_PARAMS):
-                    self._call(n, self.client.log_batch, self.run_id, params=params[j:j + _MAX_PARAMS])
-                for j in range(0, len(metrics), _MAX_METRICS):
-                    self._call(n, self.client.log_batch, self.run_id, metrics=metrics[j:j + _MAX_METRICS])
+                self._call(n, log_batches, self.client, self.run_id, params, metrics)
                 self._save(last)
                 continue
             if kind == "artifact":
@@ -545,7 +564,7 @@ class _Replay:
             elif kind == "model":
                 self.model_uri = self._log_model(n, rec)
             elif kind == "reopen":
-                self._reopen(n, rec["tags"])
+                self._call(n, reopen_run, self.client, self.run_id, rec["tags"])
             elif kind == "end":
                 self._call(n, self.client.set_terminated, self.run_id, rec["status"], rec["timestamp_ms"])
             self._save(n)

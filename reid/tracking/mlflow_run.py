@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Mapping, Optional
 
-from reid.tracking.journal import JournalWriter, is_remote, probe, sync_command
+from reid.tracking.journal import JournalWriter, is_remote, log_batches, probe, reopen_run, sync_command
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
@@ -21,6 +21,11 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 def resolve_tracking_uri(configured: Optional[str]) -> str:
     """The tracking URI: ``configured`` if set, else ``$MLFLOW_TRACKING_URI``, else local sqlite."""
     return configured or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def metric_name(key: str) -> str:
+    """The MLflow metric name of a logged key: ``/`` becomes ``.`` (not every store accepts ``/``)."""
+    return key.replace("/", ".")
 
 
 def experiment_id(client, name: str) -> str:
@@ -90,14 +95,10 @@ class MlflowRun:
             self._go_offline(reason, run_name, tags if self._run_id else _context_tags(tags))
 
     def _start(self, run_name: Optional[str], tags: dict) -> None:
-        from mlflow.entities import RunTag
-
         client = self._client
-        if self._run_id is not None:  # as mlflow.start_run(run_id=...): tags, status RUNNING
+        if self._run_id is not None:
             client.get_run(self._run_id)
-            if tags:
-                client.log_batch(self._run_id, tags=[RunTag(k, v) for k, v in tags.items()])
-            client.update_run(self._run_id, status="RUNNING")
+            reopen_run(client, self._run_id, tags)
             return
         self._run_id = client.create_run(experiment_id(client, self._experiment), tags=_context_tags(tags), run_name=run_name).info.run_id
 
@@ -158,12 +159,7 @@ class MlflowRun:
 
         flat = {k: "null" if v is None else str(v) for k, v in params.items()}
         items = [Param(k, v) for k, v in flat.items()]
-
-        def online():
-            for i in range(0, len(items), 100):  # MLflow's log_batch limit
-                self._client.log_batch(self._run_id, params=items[i:i + 100])
-
-        self._do(online, lambda: self._writer.params(flat))
+        self._do(lambda: log_batches(self._client, self._run_id, params=items), lambda: self._writer.params(flat))
 
     def log_metrics(self, metrics: Mapping[str, float], step: Optional[int] = None) -> None:
         """Log numeric metrics at ``step`` (default 0) with the current time; MLflow metric names may
@@ -172,15 +168,11 @@ class MlflowRun:
 
         from reid.tracking.journal import now_ms
 
-        flat = {k.replace("/", "."): float(v) for k, v in metrics.items()}
+        flat = {metric_name(k): float(v) for k, v in metrics.items()}
         ts = now_ms()
         items = [Metric(k, v, ts, step or 0) for k, v in flat.items()]
-
-        def online():
-            for i in range(0, len(items), 1000):
-                self._client.log_batch(self._run_id, metrics=items[i:i + 1000])
-
-        self._do(online, lambda: self._writer.metrics(flat, step, ts))
+        self._do(lambda: log_batches(self._client, self._run_id, metrics=items),
+                 lambda: self._writer.metrics(flat, step, ts))
 
     def log_artifact(self, path: Path, artifact_path: Optional[str] = None) -> None:
         """Log one file under ``artifact_path`` (offline: a copy goes into the journal)."""

@@ -16,6 +16,7 @@ from ray.tune.logger import LoggerCallback
 from ray.tune.result import AUTO_RESULT_KEYS
 
 from reid.tracking.journal import now_ms
+from reid.tracking.mlflow_run import metric_name
 
 #: Tags of the runs a search creates.
 KIND_TAG = "reid.kind"
@@ -26,11 +27,6 @@ STOPPED_EARLY_TAG = "ray.stopped_early"
 #: Reported keys that are Ray's bookkeeping, not metrics.
 _NOT_METRICS = frozenset(AUTO_RESULT_KEYS) | {"done", "trial_id", "experiment_tag", "should_checkpoint",
                                               "time_this_iter_s", "experiment_id"}
-
-
-def metric_name(key: str) -> str:
-    """An MLflow metric name for a reported key (``/`` becomes ``.``, as ``MlflowRun`` does)."""
-    return key.replace("/", ".")
 
 
 def parent_run(client, experiment_id: str, search: str, resume: bool, tags: Mapping[str, str]) -> str:
