@@ -73,10 +73,28 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
         config: the trial's sampled values, dotted params keys (``{"optim.lr": 4e-4}``).
         setup: what the search shares.
 
+    The trial trains in a temporary run folder (``$TMPDIR/reid-trial-run-*``), removed when the
+    trial ends, failed or not; a trial process killed outright (SIGKILL, a lost node) cannot remove
+    it and it stays in that node's ``$TMPDIR``. What persists is the reported ``tune.Checkpoint``,
+    which Ray keeps in the search's ``storage_path`` (the last ``num_to_keep``). Ray's own trial
+    folder is no place for the run folder: it lies in Ray's session folder (``/tmp/ray/session_*``),
+    which Ray never cleans, and Ray also copies it into ``storage_path``, so the trainer's DeepSpeed
+    checkpoints (hundreds of MB per trial) piled up in both, search after search.
+
     Raises:
         Whatever training raises (an invalid sampled value, a NaN loss as ``FloatingPointError``,
         ...): Ray marks the trial failed (``ERROR``) and the search goes on.
     """
+    from ray import tune
+
+    params = setup.trial_params(config)
+    with tempfile.TemporaryDirectory(prefix="reid-trial-run-") as work:
+        _train_and_report(setup, params, Path(work), tune.get_checkpoint())
+
+
+def _train_and_report(setup: TrialSetup, params: Params, out_dir: Path, restored) -> None:
+    """Train in the run folder ``out_dir``, from the Ray checkpoint ``restored`` if not None, and
+    ``tune.report`` every epoch with a copy of the epoch's checkpoint."""
     from ray import tune
 
     from reid.data.protocols import Protocol
@@ -85,14 +103,10 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
     from reid.evaluation.evaluate import periodic_validator, validation_spec
     from reid.io import atomic_write_json
 
-    params = setup.trial_params(config)
-    out_dir = Path(tune.get_context().get_trial_dir()) / "run"
     ckpt_dir = out_dir / CHECKPOINTS
     resume = False
-    restored = tune.get_checkpoint()
     if restored is not None:
         with restored.as_directory() as d:
-            shutil.rmtree(ckpt_dir, ignore_errors=True)
             shutil.copytree(Path(d) / CHECKPOINTS, ckpt_dir)
         resume = True
     spec = TrainSpec.from_params(params, setup.dataset, setup.shards_dir, out_dir, setup.deepspeed_template)

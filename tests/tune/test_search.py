@@ -14,16 +14,22 @@ The search logs to a real MLflow tracking server over HTTP (the ``mlflow_server`
 one test reads its runs back through the REST API. A second search (local sqlite store) is interrupted with SIGINT after its first trial has reported epoch 1, then
 resumed with ``--resume`` (``Tuner.restore``): one parent run, no duplicated child runs or
 epochs, and its first trial ends exactly where the same trial of the uninterrupted search ended.
+
+The searches run with their own ``$TMPDIR`` (Ray's session folder goes there too), so one test can
+check that the trials leave no run folders behind.
 """
 
 from __future__ import annotations
 
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import requests
@@ -59,15 +65,18 @@ def _work(tiny_shards: Path, tmp_path_factory, name: str, num_samples: int, poin
     return work
 
 
-def _env() -> dict:
+def _env(tmp: Path) -> dict:
+    """The searches' environment: a local Ray, with ``tmp`` as ``$TMPDIR`` (Ray's session folder and
+    the trials' temporary run folders go there)."""
     env = clean_env()
     env.pop("RAY_ADDRESS", None)
+    env["TMPDIR"] = str(tmp)
     return env
 
 
-def _tune(work: Path, *extra: str) -> subprocess.CompletedProcess:
+def _tune(work: Path, tmp: Path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "pipeline.tune", "--params", "params.yaml", *extra], cwd=work,
-                          env=_env(), capture_output=True, text=True, timeout=TIMEOUT_S)
+                          env=_env(tmp), capture_output=True, text=True, timeout=TIMEOUT_S)
 
 
 def _client(work: Path):
@@ -103,9 +112,20 @@ def _history(work: Path, run, key: str) -> list[tuple[int, float]]:
 
 
 @pytest.fixture(scope="module")
-def search(tiny_shards, tmp_path_factory, mlflow_server):
+def search_tmp() -> Iterator[Path]:
+    """A fresh ``$TMPDIR`` for this module's searches, removed afterwards. Short and under /tmp, not
+    under pytest's folder: Ray puts its sockets in it, and a socket path must stay under 108 bytes."""
+    path = Path(tempfile.mkdtemp(prefix="rt-", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def search(tiny_shards, tmp_path_factory, mlflow_server, search_tmp):
     work = _work(tiny_shards, tmp_path_factory, "tiny", 4, POINTS, tracking_uri=mlflow_server)
-    proc = _tune(work)
+    proc = _tune(work, search_tmp)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return work, proc
 
@@ -146,7 +166,18 @@ def test_search_completes_with_asha_stops_and_a_failed_trial(search):
     assert "stopped early" in proc.stdout and "failed" in proc.stdout
 
 
-def test_best_params_are_the_best_finished_trial_and_dvc_ready(search):
+def test_trials_leave_no_run_folders_behind(search, search_tmp):
+    """Finished, stopped and failed trials alike remove their run folders (DeepSpeed checkpoints);
+    the only checkpoints left are the ones Ray keeps in the search's storage_path."""
+    work, _ = search
+    assert (search_tmp / "ray").is_dir()  # Ray's session folder did go under $TMPDIR
+    left = [p for p in search_tmp.rglob("*") if p.name.endswith("model_states.pt") or p.name.startswith("reid-trial")]
+    assert left == []
+    kept = list((work / "tune" / "ray_results" / "tiny").rglob("*model_states.pt"))
+    assert len(kept) == 3  # num_to_keep=1 for each of the three trials that reported
+
+
+def test_best_params_are_the_best_finished_trial_and_dvc_ready(search, search_tmp):
     from reid.params import load_params
     from reid.tune.best_params import read_best_params
 
@@ -161,7 +192,7 @@ def test_best_params_are_the_best_finished_trial_and_dvc_ready(search):
     assert doc["params"] == {"optim.lr": float(best_run.data.params["optim.lr"]),
                              "sampler.p": int(best_run.data.params["sampler.p"])}
     proc = subprocess.run([sys.executable, "-m", "pipeline.tune", "--params", "params.yaml", "--best-args"],
-                          cwd=work, env=_env(), capture_output=True, text=True, timeout=120)
+                          cwd=work, env=_env(search_tmp), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     args = proc.stdout.split()
     assert args[::2] == ["-S", "-S"]
@@ -204,10 +235,10 @@ def test_search_runs_read_back_through_the_rest_api(search, mlflow_server):
             assert all(0.0 <= m["value"] <= 1.0 for m in history)
 
 
-def test_interrupted_search_resumes_with_tuner_restore(search, tiny_shards, tmp_path_factory):
+def test_interrupted_search_resumes_with_tuner_restore(search, search_tmp, tiny_shards, tmp_path_factory):
     base, _ = search
     work = _work(tiny_shards, tmp_path_factory, "resume", 2, [POINTS[0], POINTS[3]])
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.tune", "--params", "params.yaml"], cwd=work, env=_env(),
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.tune", "--params", "params.yaml"], cwd=work, env=_env(search_tmp),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + TIMEOUT_S
     while time.monotonic() < deadline and proc.poll() is None and not _reported_val(work / "mlflow.db"):
@@ -221,7 +252,7 @@ def test_interrupted_search_resumes_with_tuner_restore(search, tiny_shards, tmp_
     assert [p.info.status for p in parents] == ["KILLED"]
     assert not (work / "tune" / "best_params.yaml").exists()
 
-    again = _tune(work, "--resume")
+    again = _tune(work, search_tmp, "--resume")
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-5000:]
     parents, children = _runs(work, "resume")
     assert [p.info.status for p in parents] == ["FINISHED"]
