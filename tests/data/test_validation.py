@@ -137,7 +137,10 @@ def clean(tmp_path_factory: pytest.TempPathFactory) -> tuple[Manifest, Path]:
 
 @pytest.fixture(scope="module")
 def problem(tmp_path_factory: pytest.TempPathFactory) -> tuple[Manifest, Path]:
-    root = tmp_path_factory.mktemp("problem")
+    """The problem dataset under ``<a folder of its own>/data``: the folder above the root holds
+    nothing else, so a test can check that nothing is written next to the root."""
+    root = tmp_path_factory.mktemp("problem") / "data"
+    root.mkdir()
     return _build(root, PROBLEM_SPEC, "problem"), root
 
 
