@@ -63,10 +63,8 @@ def main() -> None:
     except (KeyError, ValueError, FileExistsError, FileNotFoundError) as err:
         sys.exit(str(err.args[0] if isinstance(err, KeyError) else err))
 
-    for t in sorted(outcome.trials, key=lambda t: -t.value if t.value == t.value else 1.0):
-        note = "failed" if t.status == "ERROR" else "stopped early" if t.stopped_early else "finished"
-        print(f"trial {t.trial_id}: {tp.metric} {t.value:.4f} after {t.epochs} epoch(s), {note}; "
-              + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.config.items()))
+    for t in outcome.ranked():
+        print(t.summary(tp.metric))
     best = outcome.best
     if best is None:
         sys.exit(f"search {tp.name}: no trial finished; nothing to write (see the MLflow runs of the search)")

@@ -15,7 +15,7 @@ from typing import Mapping, Optional
 from ray.tune.logger import LoggerCallback
 from ray.tune.result import AUTO_RESULT_KEYS
 
-from reid.tracking.journal import now_ms
+from reid.tracking.journal import log_batches, now_ms
 from reid.tracking.mlflow_run import metric_name
 
 #: Tags of the runs a search creates.
@@ -120,8 +120,7 @@ class TrialRuns(LoggerCallback):
 
         values = {**trial.config, "model.name": self.model}
         new = [Param(k, str(v)) for k, v in values.items() if k not in logged]
-        if new:
-            self.client.log_batch(run_id, params=new)
+        log_batches(self.client, run_id, params=new)
 
     def log_trial_result(self, iteration: int, trial, result: dict) -> None:
         from mlflow.entities import Metric
@@ -131,8 +130,7 @@ class TrialRuns(LoggerCallback):
         metrics = [Metric(metric_name(k), float(v), stamp or now_ms(), step) for k, v in result.items()
                    if k not in _NOT_METRICS and isinstance(v, (int, float)) and not isinstance(v, bool)
                    and math.isfinite(float(v))]
-        if metrics:
-            self.client.log_batch(self.run_id(trial), metrics=metrics)
+        log_batches(self.client, self.run_id(trial), metrics=metrics)
 
     def log_trial_end(self, trial, failed: bool = False) -> None:
         run_id = self.run_id(trial)

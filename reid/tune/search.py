@@ -12,6 +12,7 @@ same engine and loaders as ``pipeline.train``), ``tune.max_concurrent`` at a tim
 - Interruption: Ctrl+C (SIGINT) saves the search state; ``resume=True`` continues it with
   ``Tuner.restore`` (finished trials kept, unfinished ones resumed from their last checkpoint).
 - MLflow: one parent run per search, one nested child run per trial (:mod:`reid.tune.mlflow_runs`).
+- Disk: trials train in run folders under a scratch root removed at the end (:mod:`reid.tune.scratch`).
 """
 
 from __future__ import annotations
@@ -52,6 +53,14 @@ class TrialOutcome:
     stopped_early: bool
     checkpoint: object
 
+    def summary(self, metric: str) -> str:
+        """One console line: ``trial <id>: <metric> <value> after <n> epoch(s), <how it ended>;
+        <key>=<value>, ...``; the value to 4 decimals, sampled floats to 4 significant digits, and
+        the end is ``finished``, ``stopped early`` (by ASHA) or ``failed``."""
+        end = "failed" if self.status == "ERROR" else "stopped early" if self.stopped_early else "finished"
+        values = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in self.config.items())
+        return f"trial {self.trial_id}: {metric} {self.value:.4f} after {self.epochs} epoch(s), {end}; {values}"
+
 
 @dataclass(frozen=True)
 class SearchOutcome:
@@ -62,6 +71,11 @@ class SearchOutcome:
     parent_run_id: str
     experiment_path: str
     trial_run_ids: dict[str, str]
+
+    def ranked(self) -> list[TrialOutcome]:
+        """The trials best first (highest ``value``); those without a value (NaN: failed before
+        reporting) last, in their original order."""
+        return sorted(self.trials, key=lambda t: (math.isnan(t.value), 0.0 if math.isnan(t.value) else -t.value))
 
 
 def storage_uri(storage_path: str) -> str:
@@ -94,8 +108,10 @@ def run_search(setup: TrialSetup, tp: TuneParams, tracking_uri: str, experiment:
     from mlflow.tracking import MlflowClient
     from ray import tune
 
+    from reid.tracking.journal import log_batches
     from reid.tracking.mlflow_run import experiment_id
     from reid.tune.mlflow_runs import TrialRuns, child_runs, parent_run
+    from reid.tune.scratch import remove_root, scratch_root
 
     space = model_space(tp, setup.params.model.name)
     check_space(setup.params, space, tp.points_to_evaluate)
@@ -114,11 +130,11 @@ def run_search(setup: TrialSetup, tp: TuneParams, tracking_uri: str, experiment:
     callback = TrialRuns(tracking_uri, exp_id, parent, tp.name, setup.max_epochs, setup.dataset,
                          setup.params.model.name)
     if not resume:
-        client.log_batch(parent, params=_params(tp, setup))
+        log_batches(client, parent, params=_params(tp, setup))
 
     if not ray.is_initialized():
         ray.init(address=tp.address)  # None: $RAY_ADDRESS if set, else a local Ray
-    trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup),
+    trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup, search_run_id=parent),
                                     {"cpu": tp.resources.cpu, "gpu": tp.resources.gpu})
     status = "FAILED"
     try:
@@ -143,10 +159,11 @@ def run_search(setup: TrialSetup, tp: TuneParams, tracking_uri: str, experiment:
         trials = [_outcome(r, setup) for r in grid]
         done = [t for t in trials if t.status == "TERMINATED" and math.isfinite(t.value)]
         best = max(done, key=lambda t: (t.value, t.epochs), default=None)
-        client.log_batch(parent, metrics=_summary(trials, best, setup.metric))
+        log_batches(client, parent, metrics=_summary(trials, best, setup.metric))
         status = "FINISHED"
     finally:
         client.set_terminated(parent, status=status)
+        remove_root(scratch_root(parent))
     return SearchOutcome(trials=trials, best=best, parent_run_id=parent, experiment_path=path,
                          trial_run_ids=child_runs(client, exp_id, parent))
 

@@ -66,20 +66,17 @@ def _report_metrics(logs: Mapping[str, object], epoch: int) -> dict:
     return out
 
 
-def run_trial(config: dict, setup: TrialSetup) -> None:
-    """The Ray Tune function trainable (``tune.with_parameters(run_trial, setup=...)``).
+def run_trial(config: dict, setup: TrialSetup, search_run_id: str) -> None:
+    """The Ray Tune function trainable (``tune.with_parameters(run_trial, setup=..., search_run_id=...)``).
+
+    The trial trains in a run folder of its own under the search's scratch root on its node
+    (:mod:`reid.tune.scratch`), removed when the trial ends; what persists is the reported
+    ``tune.Checkpoint``, which Ray keeps in the search's ``storage_path``.
 
     Args:
         config: the trial's sampled values, dotted params keys (``{"optim.lr": 4e-4}``).
         setup: what the search shares.
-
-    The trial trains in a temporary run folder (``$TMPDIR/reid-trial-run-*``), removed when the
-    trial ends, failed or not; a trial process killed outright (SIGKILL, a lost node) cannot remove
-    it and it stays in that node's ``$TMPDIR``. What persists is the reported ``tune.Checkpoint``,
-    which Ray keeps in the search's ``storage_path`` (the last ``num_to_keep``). Ray's own trial
-    folder is no place for the run folder: it lies in Ray's session folder (``/tmp/ray/session_*``),
-    which Ray never cleans, and Ray also copies it into ``storage_path``, so the trainer's DeepSpeed
-    checkpoints (hundreds of MB per trial) piled up in both, search after search.
+        search_run_id: the search's MLflow parent run (names the scratch root).
 
     Raises:
         Whatever training raises (an invalid sampled value, a NaN loss as ``FloatingPointError``,
@@ -87,9 +84,11 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
     """
     from ray import tune
 
+    from reid.tune.scratch import run_folder, scratch_root
+
     params = setup.trial_params(config)
-    with tempfile.TemporaryDirectory(prefix="reid-trial-run-") as work:
-        _train_and_report(setup, params, Path(work), tune.get_checkpoint())
+    with run_folder(scratch_root(search_run_id)) as out_dir:
+        _train_and_report(setup, params, out_dir, tune.get_checkpoint())
 
 
 def _train_and_report(setup: TrialSetup, params: Params, out_dir: Path, restored) -> None:
@@ -118,7 +117,8 @@ def _train_and_report(setup: TrialSetup, params: Params, out_dir: Path, restored
 
     def report(logs: dict, epoch: int) -> None:
         tag = checkpoint.latest_tag(ckpt_dir)
-        with tempfile.TemporaryDirectory(prefix="reid-trial-") as tmp:
+        # In the run folder, so it goes with it when the trial is stopped inside tune.report.
+        with tempfile.TemporaryDirectory(prefix="report-", dir=out_dir) as tmp:
             shutil.copytree(ckpt_dir / tag, Path(tmp) / CHECKPOINTS / tag)
             shutil.copy2(ckpt_dir / checkpoint.LATEST, Path(tmp) / CHECKPOINTS / checkpoint.LATEST)
             atomic_write_json(Path(tmp) / MODEL_META, model_meta(spec, num_classes))

@@ -167,11 +167,11 @@ def test_search_completes_with_asha_stops_and_a_failed_trial(search):
 
 
 def test_trials_leave_no_run_folders_behind(search, search_tmp):
-    """Finished, stopped and failed trials alike remove their run folders (DeepSpeed checkpoints);
-    the only checkpoints left are the ones Ray keeps in the search's storage_path."""
+    """No run folder (DeepSpeed checkpoints) of a finished, stopped or failed trial is left: the
+    search removes its scratch root; the only checkpoints left are those Ray keeps in storage_path."""
     work, _ = search
     assert (search_tmp / "ray").is_dir()  # Ray's session folder did go under $TMPDIR
-    left = [p for p in search_tmp.rglob("*") if p.name.endswith("model_states.pt") or p.name.startswith("reid-trial")]
+    left = [p for p in search_tmp.rglob("*") if p.name.endswith("model_states.pt") or p.name.startswith("reid-")]
     assert left == []
     kept = list((work / "tune" / "ray_results" / "tiny").rglob("*model_states.pt"))
     assert len(kept) == 3  # num_to_keep=1 for each of the three trials that reported
