@@ -11,9 +11,10 @@ the failure handling must do is known in advance:
 4. ``optim.lr`` 3e-4: runs like the others.
 
 The search logs to a real MLflow tracking server over HTTP (the ``mlflow_server`` fixture), and
-one test reads its runs back through the REST API. A second search (local sqlite store) is interrupted with SIGINT after its first trial has reported epoch 1, then
-resumed with ``--resume`` (``Tuner.restore``): one parent run, no duplicated child runs or
-epochs, and its first trial ends exactly where the same trial of the uninterrupted search ended.
+one test reads its runs back through the REST API. A second search (local sqlite store) is
+interrupted with SIGINT after its first trial has reported epoch 1, then resumed with ``--resume``
+(``Tuner.restore``): one parent run, no duplicated child runs or epochs, and its first trial ends
+exactly where the same trial of the uninterrupted search ended.
 
 The searches run with their own ``$TMPDIR`` (Ray's session folder goes there too), so one test can
 check that the trials leave no run folders behind.
@@ -238,7 +239,8 @@ def test_search_runs_read_back_through_the_rest_api(search, mlflow_server):
 def test_interrupted_search_resumes_with_tuner_restore(search, search_tmp, tiny_shards, tmp_path_factory):
     base, _ = search
     work = _work(tiny_shards, tmp_path_factory, "resume", 2, [POINTS[0], POINTS[3]])
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.tune", "--params", "params.yaml"], cwd=work, env=_env(search_tmp),
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.tune", "--params", "params.yaml"], cwd=work,
+                            env=_env(search_tmp),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + TIMEOUT_S
     while time.monotonic() < deadline and proc.poll() is None and not _reported_val(work / "mlflow.db"):
