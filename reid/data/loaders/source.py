@@ -72,22 +72,15 @@ def augment_draws(seed: int, batch: int, global_batch_size: int) -> np.ndarray:
 
 def augment_outputs(cfg: AugmentConfig) -> tuple[str, ...]:
     """Names of the per-sample augmentation arguments :func:`augment_args` gives for ``cfg``, in
-    order; only the enabled augmentations have one (empty when ``cfg.augments`` is False)."""
-    names: list[str] = []
-    if cfg.pad > 0:
-        names.append("crop_anchor")
-    if cfg.flip_prob > 0:
-        names.append("mirror")
-    if cfg.color_jitter > 0:
-        names.append("color")
-    if cfg.erase_prob > 0:
-        names += ["erase_anchor", "erase_shape"]
-    return tuple(names)
+    order; only the enabled augmentations have one (empty when ``cfg.augments`` is False). They
+    do not depend on the draws, so any row gives them."""
+    return tuple(augment_args(np.zeros(len(AUGMENT_DRAWS), np.float32), cfg))
 
 
-def augment_args(draws: np.ndarray, cfg: AugmentConfig) -> tuple[np.ndarray, ...]:
-    """One sample's DALI augmentation arguments from its uniform draws, in the order of
-    :func:`augment_outputs`. All arithmetic is float32, as DALI's own would be.
+def augment_args(draws: np.ndarray, cfg: AugmentConfig) -> dict[str, np.ndarray]:
+    """One sample's DALI augmentation arguments from its uniform draws, by name, in the order of
+    :func:`augment_outputs`; only the enabled augmentations have one. All arithmetic is float32,
+    as DALI's own would be.
 
     Args:
         draws: ``(len(AUGMENT_DRAWS),)`` float32 in ``[0, 1)`` (a row of :func:`augment_draws`).
@@ -121,25 +114,25 @@ def augment_args(draws: np.ndarray, cfg: AugmentConfig) -> tuple[np.ndarray, ...
         return f32(lo) + u[name] * f32(hi - lo)
 
     h, w = cfg.image_size
-    out: list[np.ndarray] = []
+    out: dict[str, np.ndarray] = {}
     if cfg.pad > 0:
         span = f32(2 * cfg.pad + 1)
-        out.append(np.array([np.floor(u["crop_x"] * span), np.floor(u["crop_y"] * span)], np.float32)
-                   .astype(np.int32) - np.int32(cfg.pad))
+        out["crop_anchor"] = (np.array([np.floor(u["crop_x"] * span), np.floor(u["crop_y"] * span)], np.float32)
+                              .astype(np.int32) - np.int32(cfg.pad))
     if cfg.flip_prob > 0:
-        out.append(np.array(u["flip"] < f32(cfg.flip_prob), np.int32))
+        out["mirror"] = np.array(u["flip"] < f32(cfg.flip_prob), np.int32)
     if cfg.color_jitter > 0:
         lo, hi = 1.0 - cfg.color_jitter, 1.0 + cfg.color_jitter
-        out.append(np.array([uniform(n, lo, hi) for n in ("brightness", "contrast", "saturation")], np.float32))
+        out["color"] = np.array([uniform(n, lo, hi) for n in ("brightness", "contrast", "saturation")], np.float32)
     if cfg.erase_prob > 0:
         area = uniform("erase_area", *cfg.erase_area)
         ratio = uniform("erase_ratio", *cfg.erase_ratio)
         eh = min(np.sqrt(area * ratio * f32(w / h)), f32(1.0))
         ew = min(np.sqrt(area / ratio * f32(h / w)), f32(1.0))
         on = f32(u["erase"] < f32(cfg.erase_prob))
-        out.append(np.array([u["erase_y"] * (f32(1.0) - eh), u["erase_x"] * (f32(1.0) - ew)], np.float32))
-        out.append(np.array([eh * on, ew * on], np.float32))
-    return tuple(out)
+        out["erase_anchor"] = np.array([u["erase_y"] * (f32(1.0) - eh), u["erase_x"] * (f32(1.0) - ew)], np.float32)
+        out["erase_shape"] = np.array([eh * on, ew * on], np.float32)
+    return out
 
 
 def jpeg_looks_complete(data: bytes) -> bool:
@@ -150,8 +143,8 @@ def jpeg_looks_complete(data: bytes) -> bool:
 
 class SampledJpegSource:
     """Per-sample callback: sample ``j`` of batch ``n`` -> ``(jpeg uint8 (L,), index int64 (1,),
-    skipped int32 (1,), *augment_args)``, the last being that sample's :func:`augment_args` for
-    ``augment`` (none without one).
+    skipped int32 (1,), *args)``, ``args`` being the values of that sample's :func:`augment_args`
+    for ``augment``, in :attr:`augment_outputs` order (none without one).
 
     Args:
         index: the shards (picklable; reads by ``pread`` at the recorded offsets).
@@ -239,4 +232,4 @@ class SampledJpegSource:
         out = (jpeg, np.array([used], np.int64), np.array([skipped], np.int32))
         if self.augment is None:
             return out
-        return out + augment_args(self.draws(info.iteration)[info.idx_in_batch], self.augment)
+        return out + tuple(augment_args(self.draws(info.iteration)[info.idx_in_batch], self.augment).values())
