@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Mapping, Optional
 
-from reid.tracking.journal import JournalWriter, is_remote, log_batches, probe, reopen_run, sync_command
+from reid.tracking.journal import JournalWriter, is_remote, log_batches, now_ms, probe, reopen_run, sync_command
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
@@ -100,7 +100,8 @@ class MlflowRun:
             client.get_run(self._run_id)
             reopen_run(client, self._run_id, tags)
             return
-        self._run_id = client.create_run(experiment_id(client, self._experiment), tags=_context_tags(tags), run_name=run_name).info.run_id
+        run = client.create_run(experiment_id(client, self._experiment), tags=_context_tags(tags), run_name=run_name)
+        self._run_id = run.info.run_id
 
     def _unreachable(self, err: Exception) -> str:
         """Why the server is gone, after ``err`` from an MLflow call; re-raises ``err`` when there is
@@ -166,8 +167,6 @@ class MlflowRun:
         not contain ``/`` on every store, so they become ``.``."""
         from mlflow.entities import Metric
 
-        from reid.tracking.journal import now_ms
-
         flat = {metric_name(k): float(v) for k, v in metrics.items()}
         ts = now_ms()
         items = [Metric(k, v, ts, step or 0) for k, v in flat.items()]
@@ -193,8 +192,6 @@ class MlflowRun:
 
     def end(self, status: str = "FINISHED") -> None:
         """Mark the run ``status`` (FINISHED, FAILED, KILLED); offline, record it and release the journal."""
-        from reid.tracking.journal import now_ms
-
         self._do(lambda: self._client.set_terminated(self._run_id, status),
                  lambda: self._writer.append({"type": "end", "status": status, "timestamp_ms": now_ms()}))
         if self._writer is not None:
